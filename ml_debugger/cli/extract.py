@@ -1,0 +1,124 @@
+"""``mldbg extract``: run a model over a dataset into the store."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ml_debugger.cli._console import err, fmt, out, print_json, progress_bar, table, user_errors
+from ml_debugger.cli._options import DbOption, JsonOption
+
+
+class DatasetFormat(str, Enum):
+    imagefolder = "imagefolder"
+    folder = "folder"
+    manifest = "manifest"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def extract_command(
+    dataset: Annotated[Path, typer.Argument(help="Dataset directory (class folders or a flat folder) or a .csv/.jsonl manifest.", show_default=False)],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model: a .pt2 (torch.export), TorchScript file, or package.module:callable.", show_default=False)],
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Run name [default: the dataset folder's name].", show_default=False)] = None,
+    weights: Annotated[str | None, typer.Option(help="State dict for a package.module:callable model.")] = None,
+    layer: Annotated[str | None, typer.Option(help="Module whose output is the feature [default: input of the last nn.Linear].")] = None,
+    model_name: Annotated[str | None, typer.Option(help="Model name for results [default: the model file's stem].")] = None,
+    model_version: Annotated[str, typer.Option(help="Model version for results.")] = "v1",
+    checkpoint: Annotated[str | None, typer.Option(help="Which checkpoint (e.g. epoch) of the model this is.")] = None,
+    format: Annotated[DatasetFormat | None, typer.Option("--format", help="Dataset format [default: detected].")] = None,
+    classes: Annotated[Path | None, typer.Option(help="Class names in model output order, one per line (for unlabelled data).")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config (see configs/default.yaml); flags override it.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input side in pixels: resize shorter side, centre-crop [config: 224].", show_default=False)] = None,
+    channels: Annotated[int | None, typer.Option(help="1 or 3 input channels [default: from the model's first convolution].", show_default=False)] = None,
+    mean: Annotated[str | None, typer.Option(help="Normalisation mean, e.g. 0.5 or 0.485,0.456,0.406 [default: ImageNet].", show_default=False)] = None,
+    std: Annotated[str | None, typer.Option(help="Normalisation std, e.g. 0.5 or 0.229,0.224,0.225 [default: ImageNet].", show_default=False)] = None,
+    stability: Annotated[int | None, typer.Option(help="K perturbed copies per sample for feature stability (0 = off).", show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the perturbations.", show_default=False)] = None,
+    device: Annotated[Device | None, typer.Option(help="auto = CUDA when available.", show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per forward pass [config: 64].", show_default=False)] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoding processes [default: min(4, cores - 1)].", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run of this name instead of resuming it.")] = False,
+    db: DbOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Run a model over a dataset and store outputs, features and stability.
+
+    Labelled data (class folders, or a manifest with labels) is stored with its labels for
+    `mldbg evaluate`; an interrupted extraction resumes when the same command runs again.
+
+    Example: mldbg extract data/val --model model.pt2 --name val --stability 4
+    """
+    with user_errors():
+        from ml_debugger.core.config import load_config
+        from ml_debugger.core.extract import ExtractRequest, extract
+        from ml_debugger.core.images import parse_floats
+        from ml_debugger.core.stability import StabilityConfig
+
+        cfg = load_config(config)
+        ex, st = cfg["extract"], cfg["stability"]
+
+        def pick(flag: Any, value: Any) -> Any:
+            return flag if flag is not None else value
+
+        def floats(flag: str | None, value: Any, option: str) -> tuple[float, ...] | None:
+            if flag is not None:
+                return parse_floats(flag, option)
+            if value is None:
+                return None
+            return parse_floats(",".join(map(str, value)) if isinstance(value, list) else str(value), option)
+
+        req = ExtractRequest(
+            dataset=str(dataset),
+            name=name or (dataset.stem if dataset.is_file() else dataset.resolve().name),
+            model=model,
+            weights=weights,
+            layer=layer,
+            model_name=model_name,
+            model_version=model_version,
+            checkpoint=checkpoint,
+            dataset_format=format.value if format else None,
+            classes_file=str(classes) if classes else None,
+            image_size=int(pick(image_size, ex["image_size"])),
+            channels=pick(channels, ex["channels"]),
+            mean=floats(mean, ex["mean"], "--mean"),
+            std=floats(std, ex["std"], "--std"),
+            stability=StabilityConfig(
+                k=int(pick(stability, st["k"])),
+                noise_std=float(st["noise_std"]),
+                max_shift=float(st["max_shift"]),
+                mc_dropout=bool(st["mc_dropout"]),
+                seed=int(pick(seed, st["seed"])),
+            ),
+            device=(device.value if device else ex["device"]),
+            batch_size=int(pick(batch_size, ex["batch_size"])),
+            workers=pick(workers, ex["workers"]),
+            overwrite=overwrite,
+            flush_seconds=float(ex["flush_seconds"]),
+        )
+        with progress_bar(f"extract {req.name}") as progress:
+            summary = extract(req, db=db, progress=progress)
+    if json:
+        print_json(summary.to_dict())
+        return
+    verb = {"complete": "resumed and finished" if summary.resumed else "extracted", "up-to-date": "already complete"}
+    out.print(
+        f"run [bold]{summary.run}[/bold] {verb.get(summary.status, summary.status)}: "
+        f"{summary.n_samples:,} samples ({summary.n_new:,} new), {summary.n_skipped:,} skipped "
+        f"in {summary.seconds:.1f} s → {summary.db}"
+    )
+    rows = [
+        ("labelled", fmt(summary.labelled)),
+        ("accuracy", f"{summary.accuracy:.2%}" if summary.accuracy is not None else "–"),
+        ("feature", f"{summary.feature_layer} (dim {summary.feature_dim})"),
+    ]
+    out.print(table(None, ["", ""], rows))
+    if summary.n_skipped:
+        err.print(f"{summary.n_skipped} unreadable file(s) skipped; see `mldbg show {summary.run}`")
