@@ -44,12 +44,14 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except MldbgError as e:
-        err.print(Text(f"error: {e}", style="red"))
+        err.print(Text(f"error: {e}", style="red"), soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
 
 
 def configure_logging(verbose: int, quiet: bool) -> None:
-    level = logging.ERROR if quiet else (logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING)
+    level = (
+        logging.ERROR if quiet else (logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING)
+    )
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
     state.quiet = quiet
 
@@ -82,7 +84,9 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[str] = ()) -> Table:
+def table(
+    title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[str] = ()
+) -> Table:
     t = Table(title=title, title_justify="left", header_style="bold")
     for c in columns:
         t.add_column(c, justify="right" if c in numeric else "left")

@@ -44,9 +44,7 @@ def build_default_map(root: Any, settings: dict[str, Any], source: str) -> dict[
                 result[key] = value
             else:
                 valid = sorted(names | set(subs))
-                raise UsageError(
-                    f"{source}: unknown option {key!r} for `mldbg {path}`; valid: {', '.join(valid)}"
-                )
+                raise UsageError(f"{source}: unknown option {key!r} for `mldbg {path}`; valid: {', '.join(valid)}")
         for name, sub in getattr(cmd, "commands", {}).items():
             if name not in result:
                 result[name] = for_command(sub, {}, f"{path} {name}")

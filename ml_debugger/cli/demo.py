@@ -7,12 +7,14 @@ from typing import Annotated
 
 import typer
 
-from ml_debugger.cli._console import out, print_json, progress_bar, user_errors
+from ml_debugger.cli._console import err, out, print_json, progress_bar, user_errors
 from ml_debugger.cli._options import JsonOption
 
 
 def demo_command(
-    directory: Annotated[Path, typer.Argument(help="Folder for the demo data, model and database.")] = Path("mldbg-demo"),
+    directory: Annotated[Path, typer.Argument(help="Folder for the demo data, model and database.")] = Path(
+        "mldbg-demo"
+    ),
     stability: Annotated[int, typer.Option(help="Perturbed copies per pool sample.")] = 4,
     json: JsonOption = False,
 ) -> None:
@@ -29,16 +31,20 @@ def demo_command(
         from ml_debugger.core.stability import StabilityConfig
 
         directory.mkdir(parents=True, exist_ok=True)
-        out.print(f"building demo data and model in {directory} …")
+        err.print(f"building demo data and model in {directory} …")
         files = build_demo(directory)
-        out.print(f"trained a small CNN: train accuracy {files.train_accuracy:.1%}, val {files.val_accuracy:.1%}")
+        err.print(f"trained a small CNN: train accuracy {files.train_accuracy:.1%}, val {files.val_accuracy:.1%}")
         db = directory / "mldbg.duckdb"
         common = dict(model=str(files.model), model_name="digits_cnn", image_size=PREPROCESS.image_size,
                       channels=1, mean=PREPROCESS.mean, std=PREPROCESS.std, overwrite=True)  # fmt: skip
         summaries = []
         for name, folder, extra in (
             ("val", files.val, {"stability": StabilityConfig(k=stability)}),
-            ("pool", files.pool, {"classes_file": str(files.classes), "stability": StabilityConfig(k=stability)}),
+            (
+                "pool",
+                files.pool,
+                {"classes_file": str(files.classes), "stability": StabilityConfig(k=stability)},
+            ),
         ):
             req = ExtractRequest(dataset=str(folder), name=name, **common, **extra)  # type: ignore[arg-type]
             with progress_bar(f"extract {name}") as progress:

@@ -25,27 +25,77 @@ class Device(str, Enum):
 
 
 def extract_command(
-    dataset: Annotated[Path, typer.Argument(help="Dataset directory (class folders or a flat folder) or a .csv/.jsonl manifest.", show_default=False)],
-    model: Annotated[str, typer.Option("--model", "-m", help="Model: a .pt2 (torch.export), TorchScript file, or package.module:callable.", show_default=False)],
-    name: Annotated[str | None, typer.Option("--name", "-n", help="Run name [default: the dataset folder's name].", show_default=False)] = None,
+    dataset: Annotated[
+        Path,
+        typer.Argument(
+            help="Dataset directory (class folders or a flat folder) or a .csv/.jsonl manifest.",
+            show_default=False,
+        ),
+    ],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model: a .pt2 (torch.export), TorchScript file, or package.module:callable.",
+            show_default=False,
+        ),
+    ],
+    name: Annotated[
+        str | None,
+        typer.Option("--name", "-n", help="Run name [default: the dataset folder's name].", show_default=False),
+    ] = None,
     weights: Annotated[str | None, typer.Option(help="State dict for a package.module:callable model.")] = None,
-    layer: Annotated[str | None, typer.Option(help="Module whose output is the feature [default: input of the last nn.Linear].")] = None,
-    model_name: Annotated[str | None, typer.Option(help="Model name for results [default: the model file's stem].")] = None,
+    layer: Annotated[
+        str | None,
+        typer.Option(help="Module whose output is the feature [default: input of the last nn.Linear]."),
+    ] = None,
+    model_name: Annotated[
+        str | None, typer.Option(help="Model name for results [default: the model file's stem].")
+    ] = None,
     model_version: Annotated[str, typer.Option(help="Model version for results.")] = "v1",
     checkpoint: Annotated[str | None, typer.Option(help="Which checkpoint (e.g. epoch) of the model this is.")] = None,
-    format: Annotated[DatasetFormat | None, typer.Option("--format", help="Dataset format [default: detected].")] = None,
-    classes: Annotated[Path | None, typer.Option(help="Class names in model output order, one per line (for unlabelled data).")] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML config (see configs/default.yaml); flags override it.")] = None,
-    image_size: Annotated[int | None, typer.Option(help="Input side in pixels: resize shorter side, centre-crop [config: 224].", show_default=False)] = None,
-    channels: Annotated[int | None, typer.Option(help="1 or 3 input channels [default: from the model's first convolution].", show_default=False)] = None,
-    mean: Annotated[str | None, typer.Option(help="Normalisation mean, e.g. 0.5 or 0.485,0.456,0.406 [default: ImageNet].", show_default=False)] = None,
-    std: Annotated[str | None, typer.Option(help="Normalisation std, e.g. 0.5 or 0.229,0.224,0.225 [default: ImageNet].", show_default=False)] = None,
-    stability: Annotated[int | None, typer.Option(help="K perturbed copies per sample for feature stability (0 = off).", show_default=False)] = None,
+    format: Annotated[
+        DatasetFormat | None, typer.Option("--format", help="Dataset format [default: detected].")
+    ] = None,
+    classes: Annotated[
+        Path | None,
+        typer.Option(help="Class names in model output order, one per line (for unlabelled data)."),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML config (see configs/default.yaml); flags override it.")
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(help="Input side in pixels: resize shorter side, centre-crop [config: 224].", show_default=False),
+    ] = None,
+    channels: Annotated[
+        int | None,
+        typer.Option(help="1 or 3 input channels [default: from the model's first convolution].", show_default=False),
+    ] = None,
+    mean: Annotated[
+        str | None,
+        typer.Option(help="Normalisation mean, e.g. 0.5 or 0.485,0.456,0.406 [default: ImageNet].", show_default=False),
+    ] = None,
+    std: Annotated[
+        str | None,
+        typer.Option(help="Normalisation std, e.g. 0.5 or 0.229,0.224,0.225 [default: ImageNet].", show_default=False),
+    ] = None,
+    stability: Annotated[
+        int | None,
+        typer.Option(help="K perturbed copies per sample for feature stability (0 = off).", show_default=False),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the perturbations.", show_default=False)] = None,
     device: Annotated[Device | None, typer.Option(help="auto = CUDA when available.", show_default=False)] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per forward pass [config: 64].", show_default=False)] = None,
-    workers: Annotated[int | None, typer.Option(help="Decoding processes [default: min(4, cores - 1)].", show_default=False)] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run of this name instead of resuming it.")] = False,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Images per forward pass [config: 64].", show_default=False)
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Decoding processes [default: min(4, cores - 1)].", show_default=False)
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing run of this name instead of resuming it.")
+    ] = False,
     db: DbOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -108,7 +158,10 @@ def extract_command(
     if json:
         print_json(summary.to_dict())
         return
-    verb = {"complete": "resumed and finished" if summary.resumed else "extracted", "up-to-date": "already complete"}
+    verb = {
+        "complete": "resumed and finished" if summary.resumed else "extracted",
+        "up-to-date": "already complete",
+    }
     out.print(
         f"run [bold]{summary.run}[/bold] {verb.get(summary.status, summary.status)}: "
         f"{summary.n_samples:,} samples ({summary.n_new:,} new), {summary.n_skipped:,} skipped "

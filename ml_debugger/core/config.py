@@ -29,7 +29,9 @@ def read_yaml(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise UsageError(f"{what} {p}{where} is not valid YAML ({getattr(err, 'problem', err)}); fix the file") from None
+        raise UsageError(
+            f"{what} {p}{where} is not valid YAML ({getattr(err, 'problem', err)}); fix the file"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

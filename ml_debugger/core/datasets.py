@@ -118,9 +118,11 @@ def _manifest_rows(path: Path) -> list[dict[str, str]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DatasetError(f"{path}:{i} is not valid JSON ({err.msg}); write one JSON object per line") from None
+                raise DatasetError(
+                    f"{path}:{i} is not valid JSON ({err.msg}); write one JSON object per line"
+                ) from None
             if not isinstance(row, dict):
-                raise DatasetError(f"{path}:{i} is not a JSON object; write {{\"path\": ..., \"label\": ...}} per line")
+                raise DatasetError(f'{path}:{i} is not a JSON object; write {{"path": ..., "label": ...}} per line')
             rows.append({k: ("" if v is None else str(v)) for k, v in row.items()})
         return rows
     with path.open(newline="", encoding="utf-8") as fh:
@@ -223,7 +225,5 @@ def open_dataset(
         raise DatasetError(f"--format {fmt} needs a directory, but {root} is a file")
     dataset = FORMATS[fmt](root, classes)
     if not len(dataset):
-        raise DatasetError(
-            f"dataset {root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); check the path"
-        )
+        raise DatasetError(f"dataset {root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); check the path")
     return dataset

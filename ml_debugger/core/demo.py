@@ -108,7 +108,11 @@ def build_demo(root: str | os.PathLike[str]) -> DemoFiles:
     images, targets = _load_digits()
     perm = np.random.default_rng(SEED).permutation(len(targets))
     n_train, n_val = int(SPLIT[0] * len(perm)), int(SPLIT[1] * len(perm))
-    splits = {"train": perm[:n_train], "val": perm[n_train : n_train + n_val], "pool": perm[n_train + n_val :]}
+    splits = {
+        "train": perm[:n_train],
+        "val": perm[n_train : n_train + n_val],
+        "pool": perm[n_train + n_val :],
+    }
     data = root / "data"
     if data.exists():
         shutil.rmtree(data)

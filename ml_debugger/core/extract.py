@@ -114,7 +114,9 @@ class _Images(torch.utils.data.Dataset):  # type: ignore[type-arg]
             return i, None, f"{type(err).__name__}: {reason}"[:300]
 
 
-def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+def _collate(
+    items: list[tuple[int, torch.Tensor | None, str | None]],
+) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
     ok = [(i, t) for i, t, _ in items if t is not None]
     failed = [(i, err or "unreadable") for i, t, err in items if t is None]
     x = torch.stack([t for _, t in ok]) if ok else None
@@ -159,9 +161,7 @@ def _batch_frames(
 ) -> tuple[pl.DataFrame, pl.DataFrame, np.ndarray]:  # fmt: skip
     sig = softmax_signals(logits)
     n = len(ids)
-    samples = pl.DataFrame(
-        {"sample_id": ids, "path": paths, "label": pl.Series(labels, dtype=pl.Int32)}
-    )
+    samples = pl.DataFrame({"sample_id": ids, "path": paths, "label": pl.Series(labels, dtype=pl.Int32)})
     feats_np = feats.detach().cpu().numpy().astype(np.float32, copy=False)
     probs = sig["probs"].cpu().numpy().astype(np.float32)
     cols: dict[str, Any] = {
@@ -188,9 +188,7 @@ def _batch_frames(
     return samples, pl.DataFrame(cols), feats_np
 
 
-def _open_run(
-    store: Store, req: ExtractRequest, info: RunInfo
-) -> tuple[RunInfo, bool]:
+def _open_run(store: Store, req: ExtractRequest, info: RunInfo) -> tuple[RunInfo, bool]:
     """Create the run, or return the existing one to resume. (run, resumed)"""
     existing = store.get_run(req.name)
     if existing is not None and req.overwrite:
@@ -271,8 +269,16 @@ def extract(req: ExtractRequest, *, db: str | os.PathLike[str] | None = None,
         feature_dim=feat_dim,
         stability_k=req.stability.k,
         settings=settings,
-        fingerprint=_fingerprint({"task": TASK, "model": model.sha256, "dataset": root, "format": dataset.format,
-                                  "classes": run_classes, "settings": settings}),  # fmt: skip
+        fingerprint=_fingerprint(
+            {
+                "task": TASK,
+                "model": model.sha256,
+                "dataset": root,
+                "format": dataset.format,
+                "classes": run_classes,
+                "settings": settings,
+            }
+        ),
         n_expected=len(dataset),
         mldbg_version=__version__,
         checkpoint=req.checkpoint,
@@ -399,4 +405,3 @@ def _default_model_name(spec: str) -> str:
     if ":" in spec and not Path(spec).exists():
         return spec.split(":")[0].split(".")[-1]
     return Path(spec).stem
-

@@ -46,7 +46,12 @@ class Preprocess:
             raise UsageError(f"--std {','.join(map(str, self.std))} must be positive")
 
     def to_dict(self) -> dict[str, object]:
-        return {"image_size": self.image_size, "channels": self.channels, "mean": list(self.mean), "std": list(self.std)}
+        return {
+            "image_size": self.image_size,
+            "channels": self.channels,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
 
 def parse_floats(text: str, option: str) -> tuple[float, ...]:
@@ -54,7 +59,9 @@ def parse_floats(text: str, option: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in str(text).split(",") if v.strip())
     except ValueError:
-        raise UsageError(f"{option} {text!r} is not a comma-separated list of numbers, e.g. 0.5 or 0.485,0.456,0.406") from None
+        raise UsageError(
+            f"{option} {text!r} is not a comma-separated list of numbers, e.g. 0.5 or 0.485,0.456,0.406"
+        ) from None
     if not values:
         raise UsageError(f"{option} is empty; give e.g. 0.5 or 0.485,0.456,0.406")
     return values

@@ -167,9 +167,7 @@ def _load_factory(spec: str, weights: str | None, device: torch.device) -> tuple
             model.load_state_dict(state)
         except RuntimeError as err:
             first = str(err).strip().splitlines()
-            raise ModelError(
-                f"--weights {wpath} does not fit {spec}: {' '.join(first[:2])}"
-            ) from None
+            raise ModelError(f"--weights {wpath} does not fit {spec}: {' '.join(first[:2])}") from None
         digest.update(file_sha256(wpath).encode())
     return model.to(device).eval(), digest.hexdigest()
 

@@ -285,9 +285,7 @@ class Store:
             self.con.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
             for step in MIGRATIONS[version:]:
                 step(self.con)
-            self.con.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
-            )
+            self.con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
@@ -499,7 +497,9 @@ class Store:
         ).fetchall()
         row = rows[0] if rows else None
         keys = ("mean_stability", "mean_flip_rate", "share_flipped")
-        return {k: (None if row is None or v is None else float(v)) for k, v in zip(keys, row or (None,) * 3, strict=True)}
+        return {
+            k: (None if row is None or v is None else float(v)) for k, v in zip(keys, row or (None,) * 3, strict=True)
+        }
 
     def count(self, table: str, run: str) -> int:
         return int(self._one(f"SELECT count(*) FROM {table} WHERE run = ?", [run]) or 0)

@@ -1,0 +1,79 @@
+"""Shared real fixtures, built once per test run: digits PNG folders, a trained CNN in three
+formats (torch.export, TorchScript, factory + state dict), and a database extracted from them."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from ml_debugger.core.demo import PREPROCESS, DemoFiles, build_demo
+from ml_debugger.core.extract import ExtractRequest, extract
+from ml_debugger.core.stability import StabilityConfig
+
+# Small, fixed thread counts keep the suite fast and repeatable on 2-core CI machines.
+torch.set_num_threads(2)
+
+PRE_FLAGS = ["--image-size", "16", "--channels", "1", "--mean", "0.5", "--std", "0.5"]
+PRE_KW = dict(image_size=PREPROCESS.image_size, channels=1, mean=PREPROCESS.mean, std=PREPROCESS.std)
+
+
+@dataclass(frozen=True)
+class Models:
+    pt2: Path
+    ts: Path
+    weights: Path
+    factory: str = "ml_debugger.core.demo:DigitsNet"
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoFiles:
+    return build_demo(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="session")
+def models(demo: DemoFiles) -> Models:
+    """The same trained weights as TorchScript and as a state dict for the factory."""
+    from ml_debugger.core.demo import DigitsNet
+
+    program = torch.export.load(str(demo.model))
+    net = DigitsNet()
+    net.load_state_dict(program.state_dict)
+    net.eval()
+    ts = demo.root / "model.ts"
+    torch.jit.save(torch.jit.script(net), str(ts))
+    weights = demo.root / "weights.pt"
+    torch.save(net.state_dict(), weights)
+    return Models(pt2=demo.model, ts=ts, weights=weights)
+
+
+@pytest.fixture(scope="session")
+def extracted(demo: DemoFiles, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database with a labelled `val` run and an unlabelled `pool` run (stability K=4)."""
+    db = tmp_path_factory.mktemp("db") / "mldbg.duckdb"
+    common = dict(model=str(demo.model), model_name="digits", workers=0, **PRE_KW)
+    extract(ExtractRequest(dataset=str(demo.val), name="val", **common), db=db)  # type: ignore[arg-type]
+    extract(
+        ExtractRequest(dataset=str(demo.pool), name="pool", classes_file=str(demo.classes),
+                       stability=StabilityConfig(k=4), **common),  # type: ignore[arg-type]
+        db=db,
+    )  # fmt: skip
+    return db
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Run in an empty working directory without MLDBG_* variables."""
+    for key in list(os.environ):
+        if key.startswith("MLDBG_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    sys.dont_write_bytecode = True
