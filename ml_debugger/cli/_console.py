@@ -8,9 +8,11 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -46,6 +48,35 @@ def user_errors() -> Iterator[None]:
     except MldbgError as e:
         err.print(Text(f"error: {e}", style="red"), soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted", soft_wrap=True)
+        raise typer.Exit(130) from None
+
+
+@contextmanager
+def interrupt_on_sigterm() -> Iterator[None]:
+    """Treat SIGTERM (``kill``) like Ctrl-C, so long jobs save their finished work and stop cleanly."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def status(message: str) -> None:
+    """A progress note on stderr (hidden by --quiet)."""
+    if not state.quiet:
+        err.print(message, soft_wrap=True)
 
 
 def configure_logging(verbose: int, quiet: bool) -> None:
@@ -84,14 +115,46 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def short_path(path: str) -> str:
+    """A path relative to the working directory when inside it, else its last two parts."""
+    p = Path(path)
+    try:
+        return str(p.relative_to(Path.cwd())) or "."
+    except ValueError:
+        return str(Path("…", *p.parts[-2:])) if len(p.parts) > 3 else path
+
+
 def table(
-    title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[str] = ()
+    title: str | None,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    numeric: Sequence[str] = (),
 ) -> Table:
-    t = Table(title=title, title_justify="left", header_style="bold")
+    """A rich table; ``numeric`` columns are right-aligned and never wrapped."""
+    t = Table(
+        title=title,
+        title_justify="left",
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     for c in columns:
-        t.add_column(c, justify="right" if c in numeric else "left")
+        t.add_column(
+            c, justify="right" if c in numeric else "left", no_wrap=c in numeric or c == "created", overflow="fold"
+        )
     for r in rows:
         t.add_row(*(fmt(v) for v in r))
+    return t
+
+
+def kv_table(rows: Sequence[tuple[str, Any]]) -> Table:
+    """A two-column key/value table without a header."""
+    t = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
+    t.add_column(style="bold", no_wrap=True)
+    t.add_column()
+    for key, value in rows:
+        t.add_row(key, value if isinstance(value, str) else fmt(value))
     return t
 
 

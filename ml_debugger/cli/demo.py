@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ml_debugger.cli._console import err, out, print_json, progress_bar, user_errors
+from ml_debugger.cli._console import out, print_json, progress_bar, status, user_errors
 from ml_debugger.cli._options import JsonOption
 
 
@@ -26,16 +26,16 @@ def demo_command(
     Example: mldbg demo mldbg-demo && cd mldbg-demo && mldbg runs
     """
     with user_errors():
-        from ml_debugger.core.demo import PREPROCESS, build_demo
+        from ml_debugger.core.demo import MODEL_NAME, PREPROCESS, build_demo
         from ml_debugger.core.extract import ExtractRequest, extract
         from ml_debugger.core.stability import StabilityConfig
 
         directory.mkdir(parents=True, exist_ok=True)
-        err.print(f"building demo data and model in {directory} …")
+        status(f"building demo data and model in {directory} …")
         files = build_demo(directory)
-        err.print(f"trained a small CNN: train accuracy {files.train_accuracy:.1%}, val {files.val_accuracy:.1%}")
+        status(f"trained a small CNN: train accuracy {files.train_accuracy:.1%}, val {files.val_accuracy:.1%}")
         db = directory / "mldbg.duckdb"
-        common = dict(model=str(files.model), model_name="digits_cnn", image_size=PREPROCESS.image_size,
+        common = dict(model=str(files.model), model_name=MODEL_NAME, image_size=PREPROCESS.image_size,
                       channels=1, mean=PREPROCESS.mean, std=PREPROCESS.std, overwrite=True)  # fmt: skip
         summaries = []
         for name, folder, extra in (

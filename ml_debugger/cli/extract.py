@@ -8,7 +8,16 @@ from typing import Annotated, Any
 
 import typer
 
-from ml_debugger.cli._console import err, fmt, out, print_json, progress_bar, table, user_errors
+from ml_debugger.cli._console import (
+    err,
+    fmt,
+    interrupt_on_sigterm,
+    kv_table,
+    out,
+    print_json,
+    progress_bar,
+    user_errors,
+)
 from ml_debugger.cli._options import DbOption, JsonOption
 
 
@@ -153,7 +162,7 @@ def extract_command(
             overwrite=overwrite,
             flush_seconds=float(ex["flush_seconds"]),
         )
-        with progress_bar(f"extract {req.name}") as progress:
+        with progress_bar(f"extract {req.name}") as progress, interrupt_on_sigterm():
             summary = extract(req, db=db, progress=progress)
     if json:
         print_json(summary.to_dict())
@@ -172,6 +181,6 @@ def extract_command(
         ("accuracy", f"{summary.accuracy:.2%}" if summary.accuracy is not None else "–"),
         ("feature", f"{summary.feature_layer} (dim {summary.feature_dim})"),
     ]
-    out.print(table(None, ["", ""], rows))
+    out.print(kv_table(rows))
     if summary.n_skipped:
         err.print(f"{summary.n_skipped} unreadable file(s) skipped; see `mldbg show {summary.run}`")

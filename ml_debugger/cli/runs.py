@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ml_debugger.cli._console import out, print_json, table, user_errors
+from ml_debugger.cli._console import out, print_json, short_path, table, user_errors
 from ml_debugger.cli._options import DbOption, JsonOption
 
 app = typer.Typer(
@@ -37,10 +37,11 @@ def runs_command(ctx: typer.Context, db: DbOption = None, json: JsonOption = Fal
     if frame.height == 0:
         out.print("no runs yet; create one with `mldbg extract DATASET --model MODEL`")
         return
-    cols = ["name", "task", "model", "dataset", "samples", "labelled", "skipped", "status", "created"]
+    cols = ["name", "task", "model", "dataset", "samples", "labelled", "skipped", "created"]
     rows = [
-        (r["name"], r["task"], f"{r['model_name']}/{r['model_version']}", r["dataset"], r["samples"],
-         r["labelled"], r["skipped"], r["status"], r["created"])
+        (r["name"] if r["status"] == "complete" else f"{r['name']} ({r['status']})", r["task"],
+         f"{r['model_name']}/{r['model_version']}", short_path(r["dataset"]), r["samples"], r["labelled"],
+         r["skipped"], r["created"].strftime("%Y-%m-%d %H:%M"))
         for r in frame.iter_rows(named=True)
     ]  # fmt: skip
     out.print(table(None, cols, rows, numeric=("samples", "skipped")))

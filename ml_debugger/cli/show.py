@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ml_debugger.cli._console import fmt, out, print_json, table, user_errors
+from ml_debugger.cli._console import fmt, kv_table, out, print_json, table, user_errors
 from ml_debugger.cli._options import DbOption, JsonOption
 
 # Skipped files listed in the terminal (all of them are in --json).
@@ -62,7 +62,7 @@ def show_command(
     if run.stability_k and st["mean_stability"] is not None:
         summary.append(("mean stability", f"{st['mean_stability']:.3f}"))
         summary.append(("flipped under perturbation", f"{st['share_flipped']:.1%} of samples"))
-    out.print(table(None, ["", ""], summary))
+    out.print(kv_table(summary))
     cols = ["class", "name", "predicted"] + (["labelled", "accuracy"] if run.labelled else [])
     rows = [
         [r["cls"], r["name"], r["predicted"]]

@@ -21,6 +21,7 @@ from ml_debugger.core.images import Preprocess, load_image
 from ml_debugger.errors import MldbgError
 
 IMAGE_SIZE = 16
+MODEL_NAME = "digits_cnn"
 PREPROCESS = Preprocess(image_size=IMAGE_SIZE, channels=1, mean=(0.5,), std=(0.5,))
 # train / val / pool shares of the 1,797 digits; few training images and epochs keep the model
 # imperfect (about 90-95% accurate), so evaluation has real errors to find.
@@ -136,6 +137,7 @@ def build_demo(root: str | os.PathLike[str]) -> DemoFiles:
     (root / "mldbg.yaml").write_text(
         "# Defaults for mldbg commands run in this folder (flags and MLDBG_* variables override them).\n"
         "extract:\n"
+        f"  model_name: {MODEL_NAME}\n"
         f"  image_size: {IMAGE_SIZE}\n"
         "  channels: 1\n"
         "  mean: '0.5'\n"

@@ -14,14 +14,12 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import polars as pl
 import torch
 
 from ml_debugger import __version__
@@ -31,6 +29,7 @@ from ml_debugger.core.models import FeatureModel, load_model
 from ml_debugger.core.signals import softmax_signals, stability_signals
 from ml_debugger.core.stability import StabilityConfig, perturb
 from ml_debugger.core.store import RunInfo, Store, resolve_db_path
+from ml_debugger.core.writer import BatchWriter, RawBatch
 from ml_debugger.errors import DatasetError, Interrupted, ModelError, RunExistsError, UsageError
 
 log = logging.getLogger(__name__)
@@ -63,7 +62,7 @@ class ExtractRequest:
     batch_size: int = 64
     workers: int | None = None
     overwrite: bool = False
-    flush_seconds: float = 1.0
+    flush_seconds: float = 2.0
 
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in "/\\\n"):
@@ -114,17 +113,43 @@ class _Images(torch.utils.data.Dataset):  # type: ignore[type-arg]
             return i, None, f"{type(err).__name__}: {reason}"[:300]
 
 
-def _collate(
-    items: list[tuple[int, torch.Tensor | None, str | None]],
-) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[list[int], Any, list[tuple[int, str]]]:
+    # A NumPy array travels from the worker by pickling, not through torch's shared-memory file
+    # descriptors: no /dev/shm limits, and no resource-sharer noise when the job is interrupted.
     ok = [(i, t) for i, t, _ in items if t is not None]
     failed = [(i, err or "unreadable") for i, t, err in items if t is None]
-    x = torch.stack([t for _, t in ok]) if ok else None
+    x = torch.stack([t for _, t in ok]).numpy() if ok else None
     return [i for i, _ in ok], x, failed
+
+
+class _Batches:
+    """Iterates a DataLoader of ``_collate`` batches, handing out torch tensors."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader) -> None:  # type: ignore[type-arg]
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
+        for rows, x, failed in self.loader:
+            yield rows, (None if x is None else torch.from_numpy(x)), failed
 
 
 def default_workers() -> int:
     return min(4, max(0, (os.cpu_count() or 1) - 1))
+
+
+def image_loader(paths: list[str], pre: Preprocess, *, batch_size: int, workers: int | None = None) -> _Batches:
+    """The DataLoader extraction uses: batches of ``(row indices, images [B, C, S, S] or None, failures)``.
+
+    Decoding happens in ``workers`` processes; a file that cannot be decoded becomes a
+    ``(row, reason)`` failure instead of an exception.
+    """
+    loader = torch.utils.data.DataLoader(
+        _Images(paths, pre),
+        batch_size=batch_size,
+        num_workers=default_workers() if workers is None else workers,
+        collate_fn=_collate,
+    )
+    return _Batches(loader)
 
 
 def _resolve_preprocess(req: ExtractRequest, model: FeatureModel) -> Preprocess:
@@ -153,39 +178,6 @@ def _probe(model: FeatureModel, dataset: Dataset, pre: Preprocess) -> tuple[int,
         f"none of the first {min(_PROBE_LIMIT, len(dataset))} images in {dataset.root} could be decoded; "
         "check that the files are images"
     )
-
-
-def _batch_frames(
-    ids: list[str], paths: list[str], labels: list[int | None], logits: torch.Tensor, feats: torch.Tensor,
-    stab: dict[str, torch.Tensor] | None,
-) -> tuple[pl.DataFrame, pl.DataFrame, np.ndarray]:  # fmt: skip
-    sig = softmax_signals(logits)
-    n = len(ids)
-    samples = pl.DataFrame({"sample_id": ids, "path": paths, "label": pl.Series(labels, dtype=pl.Int32)})
-    feats_np = feats.detach().cpu().numpy().astype(np.float32, copy=False)
-    probs = sig["probs"].cpu().numpy().astype(np.float32)
-    cols: dict[str, Any] = {
-        "sample_id": ids,
-        "pred": pl.Series(sig["pred"].cpu().numpy().astype(np.int32)),
-        "confidence": pl.Series(sig["confidence"].cpu().numpy().astype(np.float32)),
-        "margin": pl.Series(sig["margin"].cpu().numpy().astype(np.float32)),
-        "entropy": pl.Series(sig["entropy"].cpu().numpy().astype(np.float32)),
-        "energy": pl.Series(sig["energy"].cpu().numpy().astype(np.float32)),
-        "probs": pl.Series(probs, dtype=pl.Array(pl.Float32, probs.shape[1])).cast(pl.List(pl.Float32)),
-        "feature_norm": pl.Series(np.linalg.norm(feats_np, axis=1).astype(np.float32)),
-    }
-    if stab is not None:
-        mask = stab["flip_mask"].cpu().numpy()
-        cols["stability"] = pl.Series(stab["stability"].cpu().numpy().astype(np.float32))
-        cols["flip_rate"] = pl.Series(stab["flip_rate"].cpu().numpy().astype(np.float32))
-        cols["perturbed_confidence"] = pl.Series(stab["perturbed_confidence"].cpu().numpy().astype(np.float32))
-        cols["flip_classes"] = pl.Series([np.flatnonzero(r).astype(np.int32).tolist() for r in mask],
-                                         dtype=pl.List(pl.Int32))  # fmt: skip
-    else:
-        for c in ("stability", "flip_rate", "perturbed_confidence"):
-            cols[c] = pl.Series([None] * n, dtype=pl.Float32)
-        cols["flip_classes"] = pl.Series([None] * n, dtype=pl.List(pl.Int32))
-    return samples, pl.DataFrame(cols), feats_np
 
 
 def _open_run(store: Store, req: ExtractRequest, info: RunInfo) -> tuple[RunInfo, bool]:
@@ -287,28 +279,27 @@ def extract(req: ExtractRequest, *, db: str | os.PathLike[str] | None = None,
         run, resumed = _open_run(store, req, info)
         done = store.done_sample_ids(req.name)
     todo = [i for i, sid in enumerate(dataset.sample_ids) if sid not in done]
-    writer = _Writer(db_path, req.name, req.flush_seconds)
     n_new = 0
     total = len(dataset)
     if progress:
         progress(total - len(todo), total)
+    writer = BatchWriter(db_path, req.name, req.flush_seconds)
     try:
         if todo:
             n_new = _run_batches(req, model, pre, dataset, todo, writer, progress, total)
-        writer.flush()
+        writer.close()
+        with Store(db_path) as store:
+            store.update_run(req.name, status="complete", finished=datetime.now(), n_expected=total)
+            n_samples = store.count("samples", req.name)
+            n_skipped = store.count("skipped", req.name)
+            accuracy = store.accuracy(req.name) if run.labelled else None
     except KeyboardInterrupt:
-        writer.flush()
-        with Store(db_path, read_only=True) as store:
-            saved = store.count("samples", req.name) + store.count("skipped", req.name)
+        writer.close()  # commits every finished batch still buffered
+        saved = len(done) + writer.committed
         raise Interrupted(
             f"interrupted: {saved:,} of {total:,} samples of run {req.name!r} are saved in {db_path}; "
             "run the same command again to resume"
         ) from None
-    with Store(db_path) as store:
-        store.update_run(req.name, status="complete", finished=datetime.now(), n_expected=total)
-        n_samples = store.count("samples", req.name)
-        n_skipped = store.count("skipped", req.name)
-        accuracy = store.accuracy(req.name) if run.labelled else None
     return ExtractSummary(
         run=req.name,
         db=str(db_path),
@@ -327,78 +318,48 @@ def extract(req: ExtractRequest, *, db: str | os.PathLike[str] | None = None,
 
 
 def _run_batches(req: ExtractRequest, model: FeatureModel, pre: Preprocess, dataset: Dataset, todo: list[int],
-                 writer: _Writer, progress: ProgressFn | None, total: int) -> int:  # fmt: skip
-    workers = default_workers() if req.workers is None else req.workers
-    loader = torch.utils.data.DataLoader(
-        _Images([dataset.paths[i] for i in todo], pre),
+                 writer: BatchWriter, progress: ProgressFn | None, total: int) -> int:  # fmt: skip
+    loader = image_loader(
+        [dataset.paths[i] for i in todo],
+        pre,
         batch_size=req.batch_size,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=model.device.type == "cuda",
+        workers=req.workers,
     )
     k = req.stability.k
     done = total - len(todo)
     n_new = 0
     for local_idx, x, failed in loader:
         rows = [todo[i] for i in local_idx]
-        ids = [dataset.sample_ids[i] for i in rows]
-        batch: dict[str, Any] = {}
+        raw = RawBatch(
+            ids=[dataset.sample_ids[i] for i in rows],
+            paths=[dataset.paths[i] for i in rows],
+            labels=[dataset.labels[i] for i in rows],
+        )
         if x is not None:
             x = x.to(model.device, non_blocking=True)
             logits, feats = model(x)
-            stab = None
+            signals = softmax_signals(logits)
             if k:
                 model.set_mc_dropout(req.stability.mc_dropout)
                 try:
-                    plogits, pfeats = model(perturb(x, ids, req.stability))
+                    plogits, pfeats = model(perturb(x, raw.ids, req.stability))
                 finally:
                     model.set_mc_dropout(False)
-                stab = stability_signals(feats, logits.argmax(dim=1), plogits, pfeats, k)
-            samples, outputs, feats_np = _batch_frames(
-                ids, [dataset.paths[i] for i in rows], [dataset.labels[i] for i in rows], logits, feats, stab
-            )
-            batch = {"samples": samples, "outputs": outputs, "features": feats_np}
-            n_new += len(ids)
+                signals.update(stability_signals(feats, signals["pred"], plogits, pfeats, k))
+            raw.signals = {key: value.cpu() for key, value in signals.items()}
+            raw.features = feats.cpu()
+            n_new += len(rows)
         if failed:
-            frows = [todo[i] for i, _ in failed]
-            batch["skipped"] = pl.DataFrame({
-                "sample_id": [dataset.sample_ids[i] for i in frows],
-                "path": [dataset.paths[i] for i in frows],
-                "reason": [reason for _, reason in failed],
-            })  # fmt: skip
-            for i, (_, reason) in zip(frows, failed, strict=True):
-                log.warning("skipped %s: %s", dataset.paths[i], reason)
-        writer.add(batch)
+            raw.skipped = []
+            for i, reason in failed:
+                sid, path = dataset.sample_ids[todo[i]], dataset.paths[todo[i]]
+                raw.skipped.append((sid, path, reason))
+                log.warning("skipped %s: %s", path, reason)
+        writer.add(raw)
         done += len(local_idx) + len(failed)
         if progress:
             progress(done, total)
     return n_new
-
-
-class _Writer:
-    """Buffers finished batches and commits them, one transaction per batch, every few seconds.
-
-    Between flushes the database file is closed, so readers in other processes are not locked
-    out for the whole extraction.
-    """
-
-    def __init__(self, db: Path, run: str, flush_seconds: float) -> None:
-        self.db, self.run, self.flush_seconds = db, run, flush_seconds
-        self.pending: list[dict[str, Any]] = []
-        self.last = time.monotonic()
-
-    def add(self, batch: dict[str, Any]) -> None:
-        self.pending.append(batch)
-        if time.monotonic() - self.last >= self.flush_seconds:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending:
-            with Store(self.db) as store:
-                while self.pending:
-                    store.write_batch(self.run, **self.pending[0])
-                    self.pending.pop(0)
-        self.last = time.monotonic()
 
 
 def _default_model_name(spec: str) -> str:

@@ -88,3 +88,31 @@ def test_kill_9_then_resume_equals_uninterrupted(demo: DemoFiles, tmp_path: Path
     ):
         np.testing.assert_allclose(a[col].to_numpy(), b[col].to_numpy(), atol=1e-5, err_msg=col)
     np.testing.assert_allclose(fa, fb, atol=1e-5)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_interrupt_saves_finished_batches_and_says_how_to_resume(
+    demo: DemoFiles, tmp_path: Path, sig: signal.Signals
+) -> None:
+    data = tmp_path / "big"
+    data.mkdir()
+    for i in range(10):
+        for f in demo.pool.glob("*.png"):
+            shutil.copyfile(f, data / f"c{i}_{f.name}")
+    n = len(list(data.glob("*.png")))
+    db = tmp_path / "x.duckdb"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLDBG_")}
+    proc = subprocess.Popen(_cmd(data, db, demo), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _saved(db) == 0 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    saved = _saved(db)
+    if proc.returncode == 0:
+        pytest.skip("the extraction finished before the signal arrived")
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert f"interrupted: {saved:,} of {n:,} samples" in stderr and "run the same command again to resume" in stderr
+    _, _, dup = _frames(db)
+    assert dup == 0

@@ -1,0 +1,147 @@
+"""Turning finished batches into rows and committing them, off the forward-pass thread.
+
+``batch_frames`` is the pure per-batch function (tensors in, Polars frames out) that a future
+sharded or Ray-based extraction can call as is. ``BatchWriter`` runs it in a background thread
+and commits every ``flush_seconds``: all batches buffered since the last commit go in one
+transaction (so only whole batches are ever stored), one insert per table. Between commits the
+database file is closed, so readers in other processes are not locked out for a whole run.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from ml_debugger.core.store import Store
+
+# Batches waiting for the writer thread; bounds memory when the disk is slower than the model.
+_MAX_QUEUED = 8
+_STOP = object()
+
+
+@dataclass
+class RawBatch:
+    """One forward pass's results, as CPU tensors (or a batch of unreadable files only)."""
+
+    ids: list[str]
+    paths: list[str]
+    labels: list[int | None]
+    signals: dict[str, Any] | None = None  # softmax_signals (+ stability_signals) output
+    features: Any = None  # [B, D] tensor
+    skipped: list[tuple[str, str, str]] | None = None  # (sample_id, path, reason)
+
+
+def batch_frames(raw: RawBatch) -> dict[str, Any]:
+    """Rows for ``Store.write_batch``: samples, outputs, features (ndarray) and skipped frames."""
+    out: dict[str, Any] = {}
+    if raw.skipped:
+        sid, path, reason = zip(*raw.skipped, strict=True)
+        out["skipped"] = pl.DataFrame({"sample_id": list(sid), "path": list(path), "reason": list(reason)})
+    if raw.signals is None or not raw.ids:
+        return out
+    sig = {k: v.numpy() for k, v in raw.signals.items()}
+    n = len(raw.ids)
+    feats = raw.features.numpy().astype(np.float32, copy=False)
+    probs = sig["probs"].astype(np.float32, copy=False)
+    cols: dict[str, Any] = {
+        "sample_id": raw.ids,
+        "pred": sig["pred"].astype(np.int32),
+        **{c: sig[c].astype(np.float32, copy=False) for c in ("confidence", "margin", "entropy", "energy")},
+        "probs": pl.Series(probs, dtype=pl.Array(pl.Float32, probs.shape[1])).cast(pl.List(pl.Float32)),
+        "feature_norm": np.linalg.norm(feats, axis=1).astype(np.float32),
+    }
+    if "stability" in sig:
+        for c in ("stability", "flip_rate", "perturbed_confidence"):
+            cols[c] = sig[c].astype(np.float32, copy=False)
+        cols["flip_classes"] = pl.Series(
+            [np.flatnonzero(r).astype(np.int32).tolist() for r in sig["flip_mask"]], dtype=pl.List(pl.Int32)
+        )
+    else:
+        for c in ("stability", "flip_rate", "perturbed_confidence"):
+            cols[c] = pl.Series([None] * n, dtype=pl.Float32)
+        cols["flip_classes"] = pl.Series([None] * n, dtype=pl.List(pl.Int32))
+    out["samples"] = pl.DataFrame(
+        {"sample_id": raw.ids, "path": raw.paths, "label": pl.Series(raw.labels, dtype=pl.Int32)}
+    )
+    out["outputs"] = pl.DataFrame(cols)
+    out["features"] = feats
+    return out
+
+
+def merge_frames(batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """Concatenate several ``batch_frames`` results into one."""
+    merged: dict[str, Any] = {}
+    for key in ("samples", "outputs", "skipped"):
+        frames = [b[key] for b in batches if b.get(key) is not None]
+        merged[key] = pl.concat(frames, how="vertical") if frames else None
+    feats = [b["features"] for b in batches if b.get("features") is not None]
+    merged["features"] = np.concatenate(feats) if feats else None
+    return merged
+
+
+class BatchWriter:
+    """Commits batches from a background thread; ``close()`` commits the rest and re-raises errors."""
+
+    def __init__(self, db: Path, run: str, flush_seconds: float) -> None:
+        self.db, self.run, self.flush_seconds = db, run, flush_seconds
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=_MAX_QUEUED)
+        self._error: BaseException | None = None
+        self.committed = 0  # samples + skipped files committed so far
+        self._thread = threading.Thread(target=self._loop, name="mldbg-writer", daemon=True)
+        self._thread.start()
+
+    def add(self, raw: RawBatch) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(raw)
+
+    def close(self) -> None:
+        """Commit everything queued, stop the thread, and raise what it raised (if anything).
+
+        Safe to call again (e.g. after a Ctrl-C interrupted the first call's wait).
+        """
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _commit(self, pending: list[dict[str, Any]]) -> None:
+        merged = merge_frames(pending)
+        with Store(self.db) as store:
+            store.write_batch(self.run, **merged)
+        self.committed += sum(merged[k].height for k in ("samples", "skipped") if merged[k] is not None)
+
+    def _loop(self) -> None:
+        pending: list[dict[str, Any]] = []
+        last = time.monotonic()
+        try:
+            while True:
+                try:
+                    item = self._queue.get(timeout=self.flush_seconds)
+                except queue.Empty:
+                    item = None
+                if item is _STOP:
+                    break
+                if item is not None:
+                    pending.append(batch_frames(item))
+                if pending and time.monotonic() - last >= self.flush_seconds:
+                    self._commit(pending)
+                    pending, last = [], time.monotonic()
+            if pending:
+                self._commit(pending)
+        except BaseException as err:  # handed to the main thread by add()/close()
+            self._error = err
+            while True:  # drain, so a producer blocked on a full queue is released
+                try:
+                    if self._queue.get_nowait() is _STOP:
+                        break
+                except queue.Empty:
+                    break
