@@ -77,12 +77,17 @@ def decode(path: str, channels: int) -> torch.Tensor:
     import torch
     from PIL import Image, ImageOps
 
-    with Image.open(path) as im:
-        im.load()  # decode fully now, so truncated files fail here
-        im = ImageOps.exif_transpose(im)
+    with Image.open(path) as opened:
+        opened.load()  # decode fully now, so truncated files fail here
+        im: Image.Image = ImageOps.exif_transpose(opened)
         if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             arr = np.asarray(im, dtype=np.float32)
-            scale = 65535.0 if im.mode != "F" and arr.max(initial=0) > 255 else (255.0 if im.mode != "F" else 1.0)
+            if im.mode.startswith("I;16"):
+                scale = 65535.0
+            elif im.mode == "I":  # 32-bit integers: 16-bit data unless every value fits in 8 bits
+                scale = 65535.0 if arr.max(initial=0) > 255 else 255.0
+            else:  # "F": already floats, taken as [0, 1]
+                scale = 1.0
             gray = torch.from_numpy(np.clip(arr / scale, 0.0, 1.0))
             return gray.unsqueeze(0).expand(channels, -1, -1).contiguous()
         target = "L" if channels == 1 else "RGB"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -13,11 +14,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from typer.testing import CliRunner
 
+from ml_debugger.cli.app import app
 from ml_debugger.core.demo import DemoFiles
 from ml_debugger.core.store import Store
 from ml_debugger.errors import StoreError
 from tests.conftest import PRE_FLAGS
+
+runner = CliRunner()
 
 
 def _cmd(data: Path, db: Path, demo: DemoFiles) -> list[str]:
@@ -106,6 +111,11 @@ def test_interrupt_saves_finished_batches_and_says_how_to_resume(
     deadline = time.monotonic() + 120
     while _saved(db) == 0 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
+    # another terminal queries the database while the extraction writes to it: no lock error
+    for _ in range(3):
+        r = runner.invoke(app, ["runs", "--db", str(db), "--json"])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)[0]["name"] == "big"
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
     saved = _saved(db)

@@ -28,6 +28,8 @@ def test_modes_decode_to_unit_range(tmp_path: Path) -> None:
     g16 = decode(str(tmp_path / "g16.png"), 1)
     assert g16.shape == (1, 6, 8) and torch.allclose(g16, torch.ones_like(g16))  # 16-bit white is 1.0, not 257
     assert decode(str(tmp_path / "g16.png"), 3).shape == (3, 6, 8)
+    Image.fromarray(np.full((6, 8), 200, dtype=np.uint16)).save(tmp_path / "dark16.png")
+    assert abs(float(decode(str(tmp_path / "dark16.png"), 1).mean()) - 200 / 65535) < 1e-6  # dark, not 200/255
     assert abs(float(decode(str(tmp_path / "g.jpg"), 1).mean()) - 0.2) < 0.01
 
 
