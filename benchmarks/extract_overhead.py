@@ -122,7 +122,10 @@ def rss_child(n: int) -> None:
     folder = CACHE / f"fashion_png_{n}"
     db = CACHE / f"rss_{n}.duckdb"
     mldbg_extract(case, folder, 0, db)
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM is this process's own peak; ru_maxrss would include the (large) benchmark parent's
+    # pages at fork time.
+    status = Path("/proc/self/status").read_text()
+    own = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmHWM:"))) / 1024
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps({"samples": n, "peak_rss_mib": round(own, 1), "worker_peak_rss_mib": round(workers, 1)}))
 

@@ -190,15 +190,56 @@ def _open_run(store: Store, req: ExtractRequest, info: RunInfo) -> tuple[RunInfo
         store.create_run(info)
         return info, False
     if existing.fingerprint != info.fingerprint:
-        changed = [
-            k for k in ("model_sha256", "dataset_path", "dataset_format", "classes", "settings")
-            if getattr(existing, k) != getattr(info, k)
-        ]  # fmt: skip
+        fields = {"model_sha256": "model file", "dataset_path": "dataset", "dataset_format": "dataset format",
+                  "classes": "classes", "settings": "preprocessing/stability/layer settings"}  # fmt: skip
+        changed = [label for key, label in fields.items() if getattr(existing, key) != getattr(info, key)]
         raise RunExistsError(
             f"run {req.name!r} already exists in {store.path} with different settings "
             f"({', '.join(changed) or 'model or data'}); pass --overwrite to replace it or --name for a new run"
         )
     return existing, True
+
+
+def _run_info(req: ExtractRequest, dataset: Dataset, model: FeatureModel, pre: Preprocess,
+              classes: list[str], feat_dim: int) -> RunInfo:  # fmt: skip
+    """The ``runs`` row of this extraction, with the fingerprint that decides whether to resume."""
+    settings = {
+        "preprocess": pre.to_dict(),
+        "stability": req.stability.to_dict(),
+        "layer": req.layer,
+        "weights": str(Path(req.weights).resolve()) if req.weights else None,
+    }
+    root = str(Path(req.dataset).resolve())
+    return RunInfo(
+        name=req.name,
+        task=TASK,
+        model_name=req.model_name or _default_model_name(req.model),
+        model_version=req.model_version,
+        model_path=req.model if model.format == "factory" else str(Path(req.model).resolve()),
+        model_format=model.format,
+        model_sha256=model.sha256,
+        dataset_path=root,
+        dataset_format=dataset.format,
+        labelled=dataset.labelled,
+        classes=classes,
+        feature_layer=model.layer,
+        feature_dim=feat_dim,
+        stability_k=req.stability.k,
+        settings=settings,
+        fingerprint=_fingerprint(
+            {
+                "task": TASK,
+                "model": model.sha256,
+                "dataset": root,
+                "format": dataset.format,
+                "classes": classes,
+                "settings": settings,
+            }
+        ),
+        n_expected=len(dataset),
+        mldbg_version=__version__,
+        checkpoint=req.checkpoint,
+    )
 
 
 def extract(req: ExtractRequest, *, db: str | os.PathLike[str] | None = None,
@@ -238,43 +279,7 @@ def extract(req: ExtractRequest, *, db: str | os.PathLike[str] | None = None,
             f"the model outputs {n_out} scores per image but {source} gives {len(run_classes)} classes; "
             f"pass --classes FILE listing all {n_out} class names in the model's output order"
         )
-    settings = {
-        "preprocess": pre.to_dict(),
-        "stability": req.stability.to_dict(),
-        "layer": req.layer,
-        "weights": str(Path(req.weights).resolve()) if req.weights else None,
-    }
-    root = str(Path(req.dataset).resolve())
-    info = RunInfo(
-        name=req.name,
-        task=TASK,
-        model_name=req.model_name or _default_model_name(req.model),
-        model_version=req.model_version,
-        model_path=req.model if model.format == "factory" else str(Path(req.model).resolve()),
-        model_format=model.format,
-        model_sha256=model.sha256,
-        dataset_path=root,
-        dataset_format=dataset.format,
-        labelled=dataset.labelled,
-        classes=run_classes,
-        feature_layer=model.layer,
-        feature_dim=feat_dim,
-        stability_k=req.stability.k,
-        settings=settings,
-        fingerprint=_fingerprint(
-            {
-                "task": TASK,
-                "model": model.sha256,
-                "dataset": root,
-                "format": dataset.format,
-                "classes": run_classes,
-                "settings": settings,
-            }
-        ),
-        n_expected=len(dataset),
-        mldbg_version=__version__,
-        checkpoint=req.checkpoint,
-    )
+    info = _run_info(req, dataset, model, pre, run_classes, feat_dim)
     with Store(db_path) as store:
         run, resumed = _open_run(store, req, info)
         done = store.done_sample_ids(req.name)

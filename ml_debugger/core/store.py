@@ -4,6 +4,10 @@ One file (default ``./mldbg.duckdb``) holds every run. Rows are keyed by ``(run,
 so that stores written by separate workers can later be merged without id collisions. Data
 moves DuckDB ⇄ Polars through Arrow; nothing is inserted row by row.
 
+``(run, sample_id)`` is unique by construction (an extraction commits whole batches and skips
+ids already stored), not by a PRIMARY KEY: DuckDB rewrites an ART index at every checkpoint,
+which would make each commit of a long extraction cost more than the last.
+
 Tables
 ------
 meta      key/value pairs, among them ``schema_version``
@@ -93,8 +97,7 @@ def _m1_base(con: duckdb.DuckDBPyConnection) -> None:
             run VARCHAR NOT NULL,
             sample_id VARCHAR NOT NULL,
             path VARCHAR NOT NULL,
-            label INTEGER,
-            PRIMARY KEY (run, sample_id)
+            label INTEGER
         );
         CREATE TABLE IF NOT EXISTS outputs (
             run VARCHAR NOT NULL,

@@ -1,10 +1,12 @@
 """Turning finished batches into rows and committing them, off the forward-pass thread.
 
-``batch_frames`` is the pure per-batch function (tensors in, Polars frames out) that a future
-sharded or Ray-based extraction can call as is. ``BatchWriter`` runs it in a background thread
-and commits every ``flush_seconds``: all batches buffered since the last commit go in one
-transaction (so only whole batches are ever stored), one insert per table. Between commits the
-database file is closed, so readers in other processes are not locked out for a whole run.
+``batch_frames`` is the pure function (tensors in, Polars frames out) that a future sharded or
+Ray-based extraction can call as is. ``BatchWriter`` runs in a background thread and commits
+every ``flush_seconds``: the batches buffered since the last commit are concatenated (one
+``torch.cat`` per signal, so the per-row work is vectorised and done once per commit, leaving
+the forward-pass thread the GIL) and written in one transaction, one insert per table, so only
+whole batches are ever stored. Between commits the database file is closed, so readers in
+other processes are not locked out for a whole run.
 """
 
 from __future__ import annotations
@@ -38,6 +40,35 @@ class RawBatch:
     skipped: list[tuple[str, str, str]] | None = None  # (sample_id, path, reason)
 
 
+def merge_raw(batches: list[RawBatch]) -> RawBatch:
+    """Concatenate raw batches (one torch.cat per signal), so rows are built once per commit."""
+    import torch
+
+    with_rows = [b for b in batches if b.signals is not None and b.ids]
+    merged = RawBatch(
+        ids=[i for b in with_rows for i in b.ids],
+        paths=[p for b in with_rows for p in b.paths],
+        labels=[label for b in with_rows for label in b.labels],
+        skipped=[s for b in batches for s in (b.skipped or [])],
+    )
+    if with_rows:
+        keys = with_rows[0].signals or {}
+        merged.signals = {k: torch.cat([b.signals[k] for b in with_rows]) for k in keys}  # type: ignore[index]
+        merged.features = torch.cat([b.features for b in with_rows])
+    return merged
+
+
+def _index_lists(mask: np.ndarray) -> pl.Series:
+    """``[N, C]`` booleans → a list column of the True column indices of each row (no Python loop)."""
+    import pyarrow as pa
+
+    rows, cols = np.nonzero(mask)
+    offsets = np.zeros(mask.shape[0] + 1, dtype=np.int32)
+    np.cumsum(np.bincount(rows, minlength=mask.shape[0]), out=offsets[1:])
+    array = pa.ListArray.from_arrays(pa.array(offsets), pa.array(cols.astype(np.int32)))
+    return pl.Series(pl.from_arrow(array)).cast(pl.List(pl.Int32))
+
+
 def batch_frames(raw: RawBatch) -> dict[str, Any]:
     """Rows for ``Store.write_batch``: samples, outputs, features (ndarray) and skipped frames."""
     out: dict[str, Any] = {}
@@ -60,9 +91,7 @@ def batch_frames(raw: RawBatch) -> dict[str, Any]:
     if "stability" in sig:
         for c in ("stability", "flip_rate", "perturbed_confidence"):
             cols[c] = sig[c].astype(np.float32, copy=False)
-        cols["flip_classes"] = pl.Series(
-            [np.flatnonzero(r).astype(np.int32).tolist() for r in sig["flip_mask"]], dtype=pl.List(pl.Int32)
-        )
+        cols["flip_classes"] = _index_lists(sig["flip_mask"])
     else:
         for c in ("stability", "flip_rate", "perturbed_confidence"):
             cols[c] = pl.Series([None] * n, dtype=pl.Float32)
@@ -73,17 +102,6 @@ def batch_frames(raw: RawBatch) -> dict[str, Any]:
     out["outputs"] = pl.DataFrame(cols)
     out["features"] = feats
     return out
-
-
-def merge_frames(batches: list[dict[str, Any]]) -> dict[str, Any]:
-    """Concatenate several ``batch_frames`` results into one."""
-    merged: dict[str, Any] = {}
-    for key in ("samples", "outputs", "skipped"):
-        frames = [b[key] for b in batches if b.get(key) is not None]
-        merged[key] = pl.concat(frames, how="vertical") if frames else None
-    feats = [b["features"] for b in batches if b.get("features") is not None]
-    merged["features"] = np.concatenate(feats) if feats else None
-    return merged
 
 
 class BatchWriter:
@@ -113,14 +131,15 @@ class BatchWriter:
         if self._error is not None:
             raise self._error
 
-    def _commit(self, pending: list[dict[str, Any]]) -> None:
-        merged = merge_frames(pending)
+    def _commit(self, pending: list[RawBatch]) -> None:
+        rows = batch_frames(merge_raw(pending))
         with Store(self.db) as store:
-            store.write_batch(self.run, **merged)
-        self.committed += sum(merged[k].height for k in ("samples", "skipped") if merged[k] is not None)
+            store.con.execute("SET threads = 1")  # the model's forward pass has the cores
+            store.write_batch(self.run, **rows)
+        self.committed += sum(rows[k].height for k in ("samples", "skipped") if rows.get(k) is not None)
 
     def _loop(self) -> None:
-        pending: list[dict[str, Any]] = []
+        pending: list[RawBatch] = []
         last = time.monotonic()
         try:
             while True:
@@ -131,7 +150,7 @@ class BatchWriter:
                 if item is _STOP:
                     break
                 if item is not None:
-                    pending.append(batch_frames(item))
+                    pending.append(item)
                 if pending and time.monotonic() - last >= self.flush_seconds:
                     self._commit(pending)
                     pending, last = [], time.monotonic()

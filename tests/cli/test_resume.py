@@ -31,6 +31,20 @@ def _cmd(data: Path, db: Path, demo: DemoFiles) -> list[str]:
             "--batch-size", "32", "--workers", "1", *PRE_FLAGS]  # fmt: skip
 
 
+def _big_folder(demo: DemoFiles, tmp_path: Path, copies: int) -> tuple[Path, int]:
+    """A flat folder of ``copies`` copies of the demo pool: long enough to interrupt."""
+    data = tmp_path / "big"
+    data.mkdir()
+    for i in range(copies):
+        for f in demo.pool.glob("*.png"):
+            shutil.copyfile(f, data / f"c{i}_{f.name}")
+    return data, len(list(data.glob("*.png")))
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("MLDBG_")}
+
+
 def _saved(db: Path) -> int:
     if not db.exists():
         return 0
@@ -50,13 +64,8 @@ def _frames(db: Path) -> tuple[pl.DataFrame, np.ndarray, int]:
 
 
 def test_kill_9_then_resume_equals_uninterrupted(demo: DemoFiles, tmp_path: Path) -> None:
-    data = tmp_path / "big"
-    data.mkdir()
-    for i in range(8):
-        for f in demo.pool.glob("*.png"):
-            shutil.copyfile(f, data / f"c{i}_{f.name}")
-    n = len(list(data.glob("*.png")))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLDBG_")}
+    data, n = _big_folder(demo, tmp_path, copies=8)
+    env = _clean_env()
 
     killed_db = tmp_path / "killed.duckdb"
     proc = subprocess.Popen(_cmd(data, killed_db, demo), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -99,14 +108,9 @@ def test_kill_9_then_resume_equals_uninterrupted(demo: DemoFiles, tmp_path: Path
 def test_interrupt_saves_finished_batches_and_says_how_to_resume(
     demo: DemoFiles, tmp_path: Path, sig: signal.Signals
 ) -> None:
-    data = tmp_path / "big"
-    data.mkdir()
-    for i in range(10):
-        for f in demo.pool.glob("*.png"):
-            shutil.copyfile(f, data / f"c{i}_{f.name}")
-    n = len(list(data.glob("*.png")))
+    data, n = _big_folder(demo, tmp_path, copies=10)
     db = tmp_path / "x.duckdb"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLDBG_")}
+    env = _clean_env()
     proc = subprocess.Popen(_cmd(data, db, demo), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while _saved(db) == 0 and proc.poll() is None and time.monotonic() < deadline:
