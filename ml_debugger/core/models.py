@@ -86,6 +86,7 @@ class FeatureModel:
     module: Any
     device: torch.device
     layer: str | None = None
+    layer_requested: bool = False
     _forward: Callable[[torch.Tensor], tuple[Any, torch.Tensor | None]] | None = None
     _dropouts: list[Any] = field(default_factory=list)
 
@@ -109,8 +110,11 @@ class FeatureModel:
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         assert self._forward is not None
         out, feat = self._forward(x)
-        if isinstance(out, (tuple, list)) and len(out) == 2 and feat is None:
-            out, feat = out
+        if isinstance(out, (tuple, list)) and len(out) == 2:
+            out, own = out
+            if feat is None or not self.layer_requested:  # features the model returns itself win
+                feat = own
+                self.layer = "returned by the model"
         if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ModelError(
@@ -320,7 +324,9 @@ def load_model(
     dev = resolve_device(device)
     if is_factory_spec(spec):
         module, sha = _load_factory(spec, weights, dev)
-        model = FeatureModel(spec=spec, format="factory", sha256=sha, module=module, device=dev, layer=layer)
+        model = FeatureModel(
+            spec=spec, format="factory", sha256=sha, module=module, device=dev, layer=layer, layer_requested=bool(layer)
+        )
         _hook_module(model, module, layer)
         return model
     path = Path(spec)
@@ -338,7 +344,9 @@ def load_model(
         except Exception as err:
             raise ModelError(f"cannot load {path} as a torch.export program ({type(err).__name__}: {err})") from None
         gm = gm.to(dev)
-        model = FeatureModel(spec=spec, format="export", sha256=sha, module=gm, device=dev, layer=layer)
+        model = FeatureModel(
+            spec=spec, format="export", sha256=sha, module=gm, device=dev, layer=layer, layer_requested=bool(layer)
+        )
         _hook_export(model, gm)
         return model
     try:
@@ -350,6 +358,8 @@ def load_model(
             "--model package.module:factory --weights FILE; for torch.export programs use a .pt2 file"
         ) from None
     module.eval()
-    model = FeatureModel(spec=spec, format="torchscript", sha256=sha, module=module, device=dev, layer=layer)
+    model = FeatureModel(
+        spec=spec, format="torchscript", sha256=sha, module=module, device=dev, layer=layer, layer_requested=bool(layer)
+    )
     _hook_script(model, module)
     return model

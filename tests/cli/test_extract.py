@@ -100,6 +100,10 @@ def test_corrupt_images_are_skipped_and_recorded(demo: DemoFiles, tmp_path: Path
 
 
 BAD_INPUTS = [
+    (
+        lambda d, m, t: [str(d.val), "--model", str(m.pt2), "--db", str(t / "future.duckdb")],
+        "schema version 99, newer than this mldbg understands",
+    ),
     (lambda d, m, t: [str(t / "missing"), "--model", str(m.pt2)], "dataset .*missing does not exist"),
     (lambda d, m, t: [str(t / "empty"), "--model", str(m.pt2)], "holds no images"),
     (lambda d, m, t: [str(d.val), "--model", str(t / "nope.pt2")], "model file .*nope.pt2 does not exist"),
@@ -144,6 +148,9 @@ def test_bad_input_one_clear_line(case: int, demo: DemoFiles, models: Models, tm
     (tmp_path / "three.txt").write_text("a\nb\nc\n")
     (tmp_path / "notes.txt").write_text("my notes\n" * 50)
     (tmp_path / "bad.yaml").write_text("extract:\n  batchsize: 3\n")
+    with duckdb.connect(str(tmp_path / "future.duckdb")) as con:
+        con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+        con.execute("INSERT INTO meta VALUES ('schema_version', '99')")
 
     class Seg(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,3 +192,16 @@ def test_factory_and_torchscript_models(demo: DemoFiles, models: Models, tmp_pat
     assert r2.exit_code == 0, r2.output
     a, b = json.loads(r.stdout), json.loads(r2.stdout)
     assert a["accuracy"] == b["accuracy"] and a["feature_dim"] == b["feature_dim"] == 64
+
+
+def test_config_file_example(demo: DemoFiles, tmp_path: Path, clean_env: Path) -> None:
+    """configs/grayscale-28.yaml sets preprocessing and stability; a flag still overrides it."""
+    config = Path(__file__).resolve().parents[2] / "configs" / "grayscale-28.yaml"
+    db = tmp_path / "x.duckdb"
+    args = ["extract", str(demo.val), "--model", str(demo.model), "--db", str(db), "--workers", "0"]
+    r = runner.invoke(app, [*args, "--config", str(config), "--image-size", "16", "--json"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["show", "val", "--db", str(db), "--json"])
+    settings = json.loads(r.stdout)["run"]["settings"]
+    assert settings["preprocess"] == {"image_size": 16, "channels": 1, "mean": [0.286], "std": [0.353]}
+    assert settings["stability"]["k"] == 4

@@ -105,3 +105,24 @@ def test_model_returning_logits_and_features(tmp_path: Path, monkeypatch: pytest
     logits, feats = m(torch.ones(2, 1, 4, 4))
     assert logits.shape == (2, 3) and feats.shape == (2, 8)
     sys.modules.pop("twohead", None)
+
+
+def test_torchscript_returning_logits_and_features(tmp_path: Path) -> None:
+    class TwoHead(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Linear(16, 6)
+            self.head = torch.nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            f = torch.relu(self.body(x.flatten(1)))
+            return self.head(f), f * 10
+
+    path = tmp_path / "twohead.ts"
+    torch.jit.save(torch.jit.script(TwoHead()), str(path))
+    m = load_model(str(path), device="cpu")
+    logits, feats = m(torch.ones(2, 1, 4, 4))
+    assert logits.shape == (2, 3) and feats.shape == (2, 6)
+    own = torch.relu(m.module.body(torch.ones(2, 16))) * 10
+    assert torch.allclose(feats, own)  # the model's own features, not the hooked head input
+    assert m.layer == "returned by the model"
