@@ -25,7 +25,7 @@ import torch
 from ml_debugger import __version__
 from ml_debugger.core.datasets import Dataset, open_dataset, read_classes_file
 from ml_debugger.core.images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, load_image
-from ml_debugger.core.models import FeatureModel, load_model
+from ml_debugger.core.models import FeatureModel, is_factory_spec, load_model
 from ml_debugger.core.signals import softmax_signals, stability_signals
 from ml_debugger.core.stability import StabilityConfig, perturb
 from ml_debugger.core.store import RunInfo, Store, resolve_db_path
@@ -368,6 +368,7 @@ def _run_batches(req: ExtractRequest, model: FeatureModel, pre: Preprocess, data
 
 
 def _default_model_name(spec: str) -> str:
-    if ":" in spec and not Path(spec).exists():
+    """``model.pt2`` → ``model``; ``pkg.nets:build`` → ``nets``."""
+    if is_factory_spec(spec):
         return spec.split(":")[0].split(".")[-1]
     return Path(spec).stem

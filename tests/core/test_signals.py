@@ -51,11 +51,14 @@ def test_unmoved_features_are_fully_stable() -> None:
 
 def test_perturbations_depend_only_on_the_sample() -> None:
     cfg = StabilityConfig(k=3, seed=5)
-    x = torch.rand(4, 1, 12, 12)
+    coarse = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    x = torch.nn.functional.interpolate(coarse, size=(12, 12), mode="bilinear")  # smooth, like real images
     ids = ["a", "b", "c", "d"]
     full = perturb(x, ids, cfg)
     assert full.shape == (12, 1, 12, 12)
     part = perturb(x[[2, 0]], ["c", "a"], cfg)  # another batch composition and order
     assert torch.equal(part[:3], full[6:9]) and torch.equal(part[3:], full[:3])
     assert not torch.equal(perturb(x, ids, StabilityConfig(k=3, seed=6)), full)
-    assert (full - x.repeat_interleave(3, 0)).abs().mean() < 0.3  # small perturbations
+    diff = (full - x.repeat_interleave(3, 0)).abs().mean()
+    assert 0 < diff < 0.5 * float(x.std())  # small perturbations (a 1 px shift of a 12 px image)
+    assert not torch.equal(full[0], full[1])  # the copies of one sample differ
