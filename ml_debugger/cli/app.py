@@ -13,13 +13,15 @@ import typer
 from ml_debugger import __version__
 from ml_debugger.cli import demo, extract, runs, show
 from ml_debugger.cli._console import configure_logging, user_errors
+from ml_debugger.cli._options import opt
 from ml_debugger.cli._settings import load_settings
 
 app = typer.Typer(
     name="mldbg",
     help="Find where your vision model is wrong, and label only what matters.\n\n"
     "Runs your PyTorch model over a dataset into one DuckDB file (outputs, features, stability). "
-    "Defaults for any option can live in ./mldbg.yaml or MLDBG_* environment variables.",
+    "Defaults for any option can live in ./mldbg.yaml or in MLDBG_<COMMAND>_<OPTION> environment "
+    "variables (e.g. MLDBG_EXTRACT_BATCH_SIZE=256; the database: MLDBG_DB).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -37,10 +39,10 @@ def _version(value: bool) -> None:
 def root(
     ctx: typer.Context,
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        bool, opt("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv for debug).")] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors; no progress bars.")] = False,
+    verbose: Annotated[int, opt("--verbose", "-v", count=True, help="More log output (-vv for debug).")] = 0,
+    quiet: Annotated[bool, opt("--quiet", "-q", help="Only errors; no progress bars.")] = False,
 ) -> None:
     """Find where your vision model is wrong, and label only what matters."""
     configure_logging(verbose, quiet)

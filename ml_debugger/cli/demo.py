@@ -8,14 +8,14 @@ from typing import Annotated
 import typer
 
 from ml_debugger.cli._console import out, print_json, progress_bar, status, user_errors
-from ml_debugger.cli._options import JsonOption
+from ml_debugger.cli._options import JsonOption, opt
 
 
 def demo_command(
     directory: Annotated[Path, typer.Argument(help="Folder for the demo data, model and database.")] = Path(
         "mldbg-demo"
     ),
-    stability: Annotated[int, typer.Option(help="Perturbed copies per pool sample.")] = 4,
+    stability: Annotated[int, opt(help="Perturbed copies per pool sample.")] = 4,
     json: JsonOption = False,
 ) -> None:
     """Build a demo from scikit-learn's real digits and run extract on it.

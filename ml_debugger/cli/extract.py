@@ -18,7 +18,7 @@ from ml_debugger.cli._console import (
     progress_bar,
     user_errors,
 )
-from ml_debugger.cli._options import DbOption, JsonOption
+from ml_debugger.cli._options import DbOption, JsonOption, opt
 
 
 class DatasetFormat(str, Enum):
@@ -43,7 +43,7 @@ def extract_command(
     ],
     model: Annotated[
         str,
-        typer.Option(
+        opt(
             "--model",
             "-m",
             help="Model: a .pt2 (torch.export), TorchScript file, or package.module:callable.",
@@ -52,59 +52,51 @@ def extract_command(
     ],
     name: Annotated[
         str | None,
-        typer.Option("--name", "-n", help="Run name [default: the dataset folder's name].", show_default=False),
+        opt("--name", "-n", help="Run name (default: the dataset folder's name).", show_default=False),
     ] = None,
-    weights: Annotated[str | None, typer.Option(help="State dict for a package.module:callable model.")] = None,
+    weights: Annotated[str | None, opt(help="State dict for a package.module:callable model.")] = None,
     layer: Annotated[
         str | None,
-        typer.Option(help="Module whose output is the feature [default: input of the last nn.Linear]."),
+        opt(help="Module whose output is the feature (default: input of the last nn.Linear)."),
     ] = None,
-    model_name: Annotated[
-        str | None, typer.Option(help="Model name for results [default: the model file's stem].")
-    ] = None,
-    model_version: Annotated[str, typer.Option(help="Model version for results.")] = "v1",
-    checkpoint: Annotated[str | None, typer.Option(help="Which checkpoint (e.g. epoch) of the model this is.")] = None,
-    format: Annotated[
-        DatasetFormat | None, typer.Option("--format", help="Dataset format [default: detected].")
-    ] = None,
+    model_name: Annotated[str | None, opt(help="Model name for results (default: the model file's stem).")] = None,
+    model_version: Annotated[str, opt(help="Model version for results.")] = "v1",
+    checkpoint: Annotated[str | None, opt(help="Which checkpoint (e.g. epoch) of the model this is.")] = None,
+    format: Annotated[DatasetFormat | None, opt("--format", help="Dataset format (default: detected).")] = None,
     classes: Annotated[
         Path | None,
-        typer.Option(help="Class names in model output order, one per line (for unlabelled data)."),
+        opt(help="Class names in model output order, one per line (for unlabelled data)."),
     ] = None,
-    config: Annotated[
-        Path | None, typer.Option(help="YAML config (see configs/default.yaml); flags override it.")
-    ] = None,
+    config: Annotated[Path | None, opt(help="YAML config (see configs/default.yaml); flags override it.")] = None,
     image_size: Annotated[
         int | None,
-        typer.Option(help="Input side in pixels: resize shorter side, centre-crop [config: 224].", show_default=False),
+        opt(help="Input side in pixels: resize shorter side, centre-crop (config default: 224).", show_default=False),
     ] = None,
     channels: Annotated[
         int | None,
-        typer.Option(help="1 or 3 input channels [default: from the model's first convolution].", show_default=False),
+        opt(help="1 or 3 input channels (default: from the model's first convolution).", show_default=False),
     ] = None,
     mean: Annotated[
         str | None,
-        typer.Option(help="Normalisation mean, e.g. 0.5 or 0.485,0.456,0.406 [default: ImageNet].", show_default=False),
+        opt(help="Normalisation mean, e.g. 0.5 or 0.485,0.456,0.406 (default: ImageNet).", show_default=False),
     ] = None,
     std: Annotated[
         str | None,
-        typer.Option(help="Normalisation std, e.g. 0.5 or 0.229,0.224,0.225 [default: ImageNet].", show_default=False),
+        opt(help="Normalisation std, e.g. 0.5 or 0.229,0.224,0.225 (default: ImageNet).", show_default=False),
     ] = None,
     stability: Annotated[
         int | None,
-        typer.Option(help="K perturbed copies per sample for feature stability (0 = off).", show_default=False),
+        opt(help="K perturbed copies per sample for feature stability (0 = off).", show_default=False),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the perturbations.", show_default=False)] = None,
-    device: Annotated[Device | None, typer.Option(help="auto = CUDA when available.", show_default=False)] = None,
+    seed: Annotated[int | None, opt(help="Seed of the perturbations.", show_default=False)] = None,
+    device: Annotated[Device | None, opt(help="auto = CUDA when available.", show_default=False)] = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="Images per forward pass [config: 64].", show_default=False)
+        int | None, opt(help="Images per forward pass (config default: 64).", show_default=False)
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(help="Decoding processes [default: min(4, cores - 1)].", show_default=False)
+        int | None, opt(help="Decoding processes (default: min(4, cores - 1)).", show_default=False)
     ] = None,
-    overwrite: Annotated[
-        bool, typer.Option(help="Replace an existing run of this name instead of resuming it.")
-    ] = False,
+    overwrite: Annotated[bool, opt(help="Replace an existing run of this name instead of resuming it.")] = False,
     db: DbOption = None,
     json: JsonOption = False,
 ) -> None:
