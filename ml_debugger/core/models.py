@@ -33,7 +33,6 @@ from ml_debugger.errors import ModelError, UsageError
 
 log = logging.getLogger(__name__)
 
-TORCHSCRIPT_SUFFIXES = frozenset({".pt", ".ts", ".pth", ".jit", ".torchscript"})
 EXPORT_SUFFIXES = frozenset({".pt2"})
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 

@@ -50,22 +50,6 @@ LOCK_TIMEOUT_ENV = "MLDBG_LOCK_TIMEOUT"
 # long for it before giving up with a clear message.
 DEFAULT_LOCK_TIMEOUT_S = 30.0
 
-OUTPUT_COLUMNS = [
-    "run",
-    "sample_id",
-    "pred",
-    "confidence",
-    "margin",
-    "entropy",
-    "energy",
-    "probs",
-    "feature_norm",
-    "stability",
-    "flip_rate",
-    "perturbed_confidence",
-    "flip_classes",
-]
-
 
 def _m1_base(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(
@@ -416,8 +400,8 @@ class Store:
     ) -> None:
         """Store one batch in one transaction: all of it or none of it.
 
-        ``samples`` has sample_id, path, label; ``outputs`` the columns of OUTPUT_COLUMNS
-        except run; ``features`` is ``[len(samples), d]`` float32 in the same row order;
+        ``samples`` has sample_id, path, label; ``outputs`` the columns of the ``outputs``
+        table except run; ``features`` is ``[len(samples), d]`` float32 in the same row order;
         ``skipped`` has sample_id, path, reason.
         """
         with self.transaction() as con:
