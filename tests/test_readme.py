@@ -36,3 +36,5 @@ def test_readme_commands_run_in_the_demo(tmp_path: Path, monkeypatch: pytest.Mon
     for line in _commands():
         r = runner.invoke(app, shlex.split(line)[1:])
         assert r.exit_code == 0, f"{line}\n{r.output}"
+    for block in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S):
+        exec(compile(block, "README.md", "exec"), {})  # the Python examples run as written
