@@ -1,0 +1,192 @@
+"""The store's connection: opening, locking, schema checks and migrations, transactions."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+import polars as pl
+
+from ml_debugger.core.store._schema import MIGRATIONS, SCHEMA_VERSION
+from ml_debugger.errors import StoreError
+
+log = logging.getLogger(__name__)
+_S = TypeVar("_S", bound="StoreBase")
+
+DEFAULT_DB = "mldbg.duckdb"
+DB_ENV = "MLDBG_DB"
+LOCK_TIMEOUT_ENV = "MLDBG_LOCK_TIMEOUT"
+# Another process (an extraction flushing a batch) may hold the file for a moment; wait this
+# long for it before giving up with a clear message.
+DEFAULT_LOCK_TIMEOUT_S = 30.0
+
+
+def resolve_db_path(db: str | os.PathLike[str] | None = None) -> Path:
+    """The DuckDB file to use: ``db`` if given, else ``$MLDBG_DB``, else ``./mldbg.duckdb``."""
+    return Path(db or os.environ.get(DB_ENV) or DEFAULT_DB)
+
+
+def _lock_timeout() -> float:
+    raw = os.environ.get(LOCK_TIMEOUT_ENV)
+    if raw is None:
+        return DEFAULT_LOCK_TIMEOUT_S
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        raise StoreError(f"{LOCK_TIMEOUT_ENV}={raw!r} is not a number of seconds; e.g. {LOCK_TIMEOUT_ENV}=30") from None
+
+
+def _is_lock_error(err: Exception) -> bool:
+    msg = str(err).lower()
+    return "lock" in msg and ("conflicting" in msg or "could not set" in msg)
+
+
+class StoreBase:
+    """The connection every part of the store shares (see ``Store`` for the parameters)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        read_only: bool = False,
+        lock_timeout: float | None = None,
+    ) -> None:
+        self.path = resolve_db_path(path)
+        self.read_only = read_only
+        if read_only and not self.path.exists():
+            raise StoreError(
+                f"no mldbg database at {self.path}; run `mldbg extract` first, or point to one with --db / ${DB_ENV}"
+            )
+        if not self.path.parent.exists():
+            raise StoreError(f"directory {self.path.parent} for database {self.path} does not exist; create it first")
+        timeout = _lock_timeout() if lock_timeout is None else lock_timeout
+        self.con = self._connect(read_only, timeout)
+        try:
+            self._check_schema(timeout)
+        except BaseException:
+            self.con.close()
+            raise
+
+    # -- connection -----------------------------------------------------------------------
+    def _connect(self, read_only: bool, timeout: float) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only)
+            except duckdb.IOException as err:
+                if _is_lock_error(err):
+                    if time.monotonic() >= deadline:
+                        holder = re.search(r"PID (\d+)", str(err))
+                        who = f" (process {holder.group(1)})" if holder else ""
+                        raise StoreError(
+                            f"database {self.path} is busy: another mldbg process{who} is writing to it; "
+                            f"wait for it to finish, or raise {LOCK_TIMEOUT_ENV} (now {timeout:g} s)"
+                        ) from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                    continue
+                raise StoreError(
+                    f"{self.path} is not a readable DuckDB database ({_first_line(err)}); "
+                    "point --db to an mldbg database or remove the file"
+                ) from None
+            except duckdb.Error as err:
+                raise StoreError(
+                    f"{self.path} is not a readable DuckDB database ({_first_line(err)}); "
+                    "point --db to an mldbg database or remove the file"
+                ) from None
+
+    def _schema_version(self) -> int:
+        has_meta = self._one("SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'")
+        if not has_meta:
+            if self._one("SELECT count(*) FROM information_schema.tables"):
+                raise StoreError(
+                    f"{self.path} is a DuckDB file but not an mldbg database (no meta table); "
+                    "point --db to another file"
+                )
+            return 0
+        version = self._one("SELECT value FROM meta WHERE key = 'schema_version'")
+        return int(version) if version is not None else 0
+
+    def _check_schema(self, timeout: float) -> None:
+        version = self._schema_version()
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this mldbg understands "
+                f"({SCHEMA_VERSION}); upgrade mldbg (pip install -U mldbg)"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        if self.read_only:
+            # Migrate through a short writable connection, then continue read-only.
+            self.con.close()
+            writer = StoreBase(self.path, read_only=False, lock_timeout=timeout)
+            writer.close()
+            self.con = self._connect(True, timeout)
+            return
+        self._migrate(version)
+
+    def _migrate(self, version: int) -> None:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            self.con.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+            for step in MIGRATIONS[version:]:
+                step(self.con)
+            self.con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        if version:
+            log.info("migrated %s from schema %d to %d", self.path, version, SCHEMA_VERSION)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """All statements inside commit together or not at all."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield self.con
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    def _insert(self, table: str, frame: pl.DataFrame | None, run: str) -> None:
+        if frame is None or frame.height == 0:
+            return
+        self._insert_frame(table, frame.with_columns(pl.lit(run).alias("run")))
+
+    def _insert_frame(self, table: str, frame: pl.DataFrame) -> None:
+        """Insert a frame's columns by name, through Arrow (never row by row)."""
+        if frame.height == 0:
+            return
+        self.con.register("_mldbg_batch", frame.to_arrow())
+        try:
+            self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _mldbg_batch")
+        finally:
+            self.con.unregister("_mldbg_batch")
+
+    def _one(self, sql: str, params: list[Any] | None = None) -> Any:
+        """The first value of the first row (None when no row); fetches the whole result."""
+        rows = self.con.execute(sql, params or []).fetchall()
+        return rows[0][0] if rows else None
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

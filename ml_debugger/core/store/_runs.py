@@ -1,0 +1,229 @@
+"""Runs, samples, outputs, features and skipped inputs: what `mldbg extract` writes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from ml_debugger.core.store._base import StoreBase
+from ml_debugger.errors import NotFoundError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run as stored in the ``runs`` table."""
+
+    name: str
+    task: str
+    model_name: str
+    model_version: str
+    model_path: str
+    model_format: str
+    model_sha256: str
+    dataset_path: str
+    dataset_format: str
+    labelled: bool
+    classes: list[str]
+    feature_layer: str | None
+    feature_dim: int | None
+    stability_k: int
+    settings: dict[str, Any]
+    fingerprint: str
+    status: str = "running"
+    n_expected: int | None = None
+    created: datetime = field(default_factory=datetime.now)
+    finished: datetime | None = None
+    mldbg_version: str | None = None
+    checkpoint: str | None = None
+
+
+class RunsMixin(StoreBase):
+    """Reading and writing runs."""
+
+    # -- runs -----------------------------------------------------------------------------
+    def create_run(self, run: RunInfo) -> None:
+        """Insert a new run row (status ``running``)."""
+        with self.transaction() as con:
+            con.execute(
+                """INSERT INTO runs (name, task, model_name, model_version, model_path, model_format,
+                       model_sha256, dataset_path, dataset_format, labelled, classes, feature_layer,
+                       feature_dim, stability_k, settings, fingerprint, status, n_expected, created,
+                       finished, mldbg_version, checkpoint)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [
+                    run.name, run.task, run.model_name, run.model_version, run.model_path,
+                    run.model_format, run.model_sha256, run.dataset_path, run.dataset_format,
+                    run.labelled, run.classes, run.feature_layer, run.feature_dim, run.stability_k,
+                    json.dumps(run.settings, sort_keys=True), run.fingerprint, run.status,
+                    run.n_expected, run.created, run.finished, run.mldbg_version, run.checkpoint,
+                ],
+            )  # fmt: skip
+
+    def get_run(self, name: str) -> RunInfo | None:
+        rel = self.con.sql("SELECT * FROM runs WHERE name = $name", params={"name": name})
+        rows = rel.pl().to_dicts()
+        if not rows:
+            return None
+        row = rows[0]
+        row["settings"] = json.loads(row["settings"])
+        row["classes"] = list(row["classes"])
+        return RunInfo(**row)
+
+    def require_run(self, name: str) -> RunInfo:
+        """The run called ``name``, or a NotFoundError listing the runs there are."""
+        run = self.get_run(name)
+        if run is None:
+            names = [r[0] for r in self.con.execute("SELECT name FROM runs ORDER BY created").fetchall()]
+            choices = ", ".join(names) if names else "none yet; create one with `mldbg extract`"
+            raise NotFoundError(f"no run named {name!r} in {self.path}; runs: {choices}")
+        return run
+
+    def update_run(self, name: str, **values: Any) -> None:
+        cols = ", ".join(f"{k} = ${k}" for k in values)
+        self.con.execute(f"UPDATE runs SET {cols} WHERE name = $name", {**values, "name": name})
+
+    def drop_run(self, name: str) -> None:
+        """Delete a run and everything stored for it, in one transaction."""
+        run = self.require_run(name)
+        with self.transaction() as con:
+            for table in ("outputs", "samples", "skipped", "scores", "scored", *self._feature_tables()):
+                con.execute(f"DELETE FROM {table} WHERE run = ?", [run.name])
+            con.execute("DELETE FROM runs WHERE name = ?", [run.name])
+
+    def list_runs(self) -> pl.DataFrame:
+        """One row per run: name, task, model, version, dataset, samples, labelled, skipped, status, created."""
+        return self.con.sql(
+            """
+            SELECT r.name, r.task, r.model_name, r.model_version, r.dataset_path AS dataset,
+                   coalesce(s.n, 0)::BIGINT AS samples, r.labelled, coalesce(k.n, 0)::BIGINT AS skipped,
+                   r.status, r.created
+            FROM runs r
+            LEFT JOIN (SELECT run, count(*) AS n FROM samples GROUP BY run) s ON s.run = r.name
+            LEFT JOIN (SELECT run, count(*) AS n FROM skipped GROUP BY run) k ON k.run = r.name
+            ORDER BY r.created, r.name
+            """
+        ).pl()
+
+    # -- samples and outputs ----------------------------------------------------------------
+    def _feature_tables(self) -> list[str]:
+        rows = self.con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'features_%'"
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def done_sample_ids(self, run: str) -> set[str]:
+        """Sample ids already stored for ``run`` (outputs or skipped): what a resume skips."""
+        frame = self.con.sql(
+            "SELECT sample_id FROM samples WHERE run = $run UNION ALL SELECT sample_id FROM skipped WHERE run = $run",
+            params={"run": run},
+        ).pl()
+        return set(frame["sample_id"].to_list())
+
+    def write_batch(
+        self,
+        run: str,
+        *,
+        samples: pl.DataFrame | None = None,
+        outputs: pl.DataFrame | None = None,
+        features: np.ndarray | None = None,
+        skipped: pl.DataFrame | None = None,
+    ) -> None:
+        """Store one batch in one transaction: all of it or none of it.
+
+        ``samples`` has sample_id, path, label; ``outputs`` the columns of the ``outputs``
+        table except run; ``features`` is ``[len(samples), d]`` float32 in the same row order;
+        ``skipped`` has sample_id, path, reason.
+        """
+        with self.transaction() as con:
+            if samples is not None and features is not None and len(features):
+                dim = int(features.shape[1])
+                con.execute(
+                    f"CREATE TABLE IF NOT EXISTS features_{dim} "
+                    f"(run VARCHAR NOT NULL, sample_id VARCHAR NOT NULL, feature FLOAT[{dim}] NOT NULL)"
+                )
+                feat_frame = pl.DataFrame(
+                    {
+                        "sample_id": samples["sample_id"],
+                        "feature": pl.Series(features, dtype=pl.Array(pl.Float32, dim)),
+                    }
+                )
+                self._insert(f"features_{dim}", feat_frame, run)
+            self._insert("samples", samples, run)
+            self._insert("outputs", outputs, run)
+            self._insert("skipped", skipped, run)
+
+    def read_outputs(self, run: str) -> pl.DataFrame:
+        """Samples joined with their outputs, ordered by sample_id."""
+        return self.con.sql(
+            """SELECT s.sample_id, s.path, s.label, o.* EXCLUDE (run, sample_id)
+               FROM samples s JOIN outputs o ON o.run = s.run AND o.sample_id = s.sample_id
+               WHERE s.run = $run ORDER BY s.sample_id""",
+            params={"run": run},
+        ).pl()
+
+    def read_features(self, run: str) -> tuple[list[str], np.ndarray]:
+        """(sample_ids, features ``[n, d]`` float32) of ``run``, ordered by sample_id."""
+        import numpy as np
+
+        info = self.require_run(run)
+        if not info.feature_dim:
+            return [], np.zeros((0, 0), dtype=np.float32)
+        frame = self.con.sql(
+            f"SELECT sample_id, feature FROM features_{int(info.feature_dim)} WHERE run = $run ORDER BY sample_id",
+            params={"run": run},
+        ).pl()
+        return frame["sample_id"].to_list(), frame["feature"].to_numpy().astype(np.float32, copy=False)
+
+    def read_skipped(self, run: str) -> pl.DataFrame:
+        return self.con.sql(
+            "SELECT sample_id, path, reason FROM skipped WHERE run = $run ORDER BY sample_id",
+            params={"run": run},
+        ).pl()
+
+    def accuracy(self, run: str) -> float | None:
+        """Share of labelled samples whose predicted class equals the label (None if unlabelled)."""
+        value = self._one(
+            """SELECT avg(CASE WHEN o.pred = s.label THEN 1.0 ELSE 0.0 END)
+               FROM samples s JOIN outputs o USING (run, sample_id)
+               WHERE s.run = ? AND s.label IS NOT NULL""",
+            [run],
+        )
+        return None if value is None else float(value)
+
+    def class_table(self, run: str) -> pl.DataFrame:
+        """Per class index: labelled count, predicted count, accuracy on its labelled samples."""
+        return self.con.sql(
+            """WITH j AS (SELECT s.label, o.pred FROM samples s JOIN outputs o USING (run, sample_id)
+                          WHERE s.run = $run),
+                    lab AS (SELECT label AS cls, count(*) AS labelled,
+                                   avg(CASE WHEN pred = label THEN 1.0 ELSE 0.0 END) AS accuracy
+                            FROM j WHERE label IS NOT NULL GROUP BY label),
+                    prd AS (SELECT pred AS cls, count(*) AS predicted FROM j GROUP BY pred)
+               SELECT coalesce(lab.cls, prd.cls) AS cls, coalesce(labelled, 0)::BIGINT AS labelled,
+                      coalesce(predicted, 0)::BIGINT AS predicted, accuracy
+               FROM lab FULL OUTER JOIN prd ON lab.cls = prd.cls ORDER BY cls""",
+            params={"run": run},
+        ).pl()
+
+    def stability_summary(self, run: str) -> dict[str, float | None]:
+        """Mean stability, mean flip rate and share of samples with any flip (None without --stability)."""
+        rows = self.con.execute(
+            """SELECT avg(stability), avg(flip_rate), avg(CASE WHEN flip_rate > 0 THEN 1.0 ELSE 0.0 END)
+               FROM outputs WHERE run = ? AND stability IS NOT NULL""",
+            [run],
+        ).fetchall()
+        row = rows[0] if rows else None
+        keys = ("mean_stability", "mean_flip_rate", "share_flipped")
+        return {
+            k: (None if row is None or v is None else float(v)) for k, v in zip(keys, row or (None,) * 3, strict=True)
+        }
+
+    def count(self, table: str, run: str) -> int:
+        return int(self._one(f"SELECT count(*) FROM {table} WHERE run = ?", [run]) or 0)

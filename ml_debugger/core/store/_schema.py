@@ -1,0 +1,144 @@
+"""The schema: an append-only list of migrations. Only the store package knows these tables.
+
+Tables
+------
+meta      key/value pairs, among them ``schema_version``
+runs      one row per extraction: model, dataset, classes, preprocessing, status
+samples   (run, sample_id, path, label)            label is the class index or NULL
+outputs   (run, sample_id, pred, confidence, margin, entropy, energy, probs, feature_norm,
+           stability, flip_rate, perturbed_confidence, flip_classes)
+features_{d}  (run, sample_id, feature FLOAT[d])   one table per feature width d
+skipped   (run, sample_id, path, reason)            inputs that could not be decoded
+results   one row per fitted evaluation: identity, config, thresholds, fitted error model (JSON)
+result_arrays (result, name, data DOUBLE[])        larger fitted arrays of a result
+scores    (result, run, sample_id, error_proba, ood_score, zone, error_code, kNN signals)
+scored    (result, run, n, out_of_fold, scored)     which (result, run) pairs are cached
+
+``(run, sample_id)`` is unique by construction (an extraction commits whole batches and skips
+ids already stored), not by a PRIMARY KEY: DuckDB rewrites an ART index at every checkpoint,
+which would make each commit of a long extraction cost more than the last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import duckdb
+
+
+def _m1_base(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        """
+        CREATE TABLE IF NOT EXISTS runs (
+            name VARCHAR PRIMARY KEY,
+            task VARCHAR NOT NULL,
+            model_name VARCHAR NOT NULL,
+            model_version VARCHAR NOT NULL,
+            model_path VARCHAR,
+            model_format VARCHAR,
+            model_sha256 VARCHAR,
+            dataset_path VARCHAR NOT NULL,
+            dataset_format VARCHAR NOT NULL,
+            labelled BOOLEAN NOT NULL,
+            classes VARCHAR[] NOT NULL,
+            feature_layer VARCHAR,
+            feature_dim INTEGER,
+            stability_k INTEGER NOT NULL DEFAULT 0,
+            settings VARCHAR NOT NULL,
+            fingerprint VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,
+            n_expected INTEGER,
+            created TIMESTAMP NOT NULL,
+            finished TIMESTAMP,
+            mldbg_version VARCHAR
+        );
+        CREATE TABLE IF NOT EXISTS samples (
+            run VARCHAR NOT NULL,
+            sample_id VARCHAR NOT NULL,
+            path VARCHAR NOT NULL,
+            label INTEGER
+        );
+        CREATE TABLE IF NOT EXISTS outputs (
+            run VARCHAR NOT NULL,
+            sample_id VARCHAR NOT NULL,
+            pred INTEGER NOT NULL,
+            confidence FLOAT NOT NULL,
+            margin FLOAT NOT NULL,
+            entropy FLOAT NOT NULL,
+            energy FLOAT NOT NULL,
+            probs FLOAT[] NOT NULL,
+            feature_norm FLOAT,
+            stability FLOAT,
+            flip_rate FLOAT,
+            perturbed_confidence FLOAT,
+            flip_classes INTEGER[]
+        );
+        CREATE TABLE IF NOT EXISTS skipped (
+            run VARCHAR NOT NULL,
+            sample_id VARCHAR NOT NULL,
+            path VARCHAR NOT NULL,
+            reason VARCHAR NOT NULL
+        );
+        """
+    )
+
+
+def _m2_checkpoint(con: duckdb.DuckDBPyConnection) -> None:
+    # Growth path (training dynamics): a run records which checkpoint of the model produced it.
+    con.execute("ALTER TABLE runs ADD COLUMN IF NOT EXISTS checkpoint VARCHAR")
+
+
+def _m3_results(con: duckdb.DuckDBPyConnection) -> None:
+    # Evaluate: fitted results, their arrays, and per-(result, run) scores.
+    con.execute(
+        """
+        CREATE TABLE IF NOT EXISTS results (
+            name VARCHAR PRIMARY KEY,
+            task VARCHAR NOT NULL,
+            model_name VARCHAR NOT NULL,
+            model_version VARCHAR NOT NULL,
+            method VARCHAR NOT NULL,
+            eval_run VARCHAR NOT NULL,
+            reference_run VARCHAR NOT NULL,
+            classes VARCHAR[] NOT NULL,
+            feature_dim INTEGER,
+            stability BOOLEAN NOT NULL,
+            config VARCHAR NOT NULL,
+            thresholds VARCHAR NOT NULL,
+            model VARCHAR NOT NULL,
+            metrics VARCHAR NOT NULL,
+            created TIMESTAMP NOT NULL,
+            mldbg_version VARCHAR
+        );
+        CREATE TABLE IF NOT EXISTS result_arrays (
+            result VARCHAR NOT NULL,
+            name VARCHAR NOT NULL,
+            data DOUBLE[] NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS scores (
+            result VARCHAR NOT NULL,
+            run VARCHAR NOT NULL,
+            sample_id VARCHAR NOT NULL,
+            error_proba FLOAT NOT NULL,
+            ood_score FLOAT NOT NULL,
+            zone VARCHAR NOT NULL,
+            error_code VARCHAR,
+            knn_disagree FLOAT,
+            trust_score FLOAT,
+            knn_distance FLOAT,
+            knn_vote INTEGER
+        );
+        CREATE TABLE IF NOT EXISTS scored (
+            result VARCHAR NOT NULL,
+            run VARCHAR NOT NULL,
+            n BIGINT NOT NULL,
+            out_of_fold BOOLEAN NOT NULL,
+            scored TIMESTAMP NOT NULL
+        );
+        """
+    )
+
+
+# MIGRATIONS[i] brings a file from schema i to schema i + 1. Append, never edit.
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [_m1_base, _m2_checkpoint, _m3_results]
+SCHEMA_VERSION = len(MIGRATIONS)
