@@ -77,3 +77,20 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 def pytest_configure(config: pytest.Config) -> None:
     sys.dont_write_bytecode = True
+
+
+@pytest.fixture(scope="session")
+def scored(demo: DemoFiles, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database with `val` and `pool` (both K=4), a result fitted on `val`, and `pool` scored.
+
+    Copy it (``shutil.copy``) before writing to it.
+    """
+    from ml_debugger.core.evaluate import evaluate, score
+
+    db = tmp_path_factory.mktemp("scored") / "mldbg.duckdb"
+    common = dict(model=str(demo.model), model_name="digits", workers=0, stability=StabilityConfig(k=4), **PRE_KW)
+    extract(ExtractRequest(dataset=str(demo.val), name="val", **common), db=db)  # type: ignore[arg-type]
+    extract(ExtractRequest(dataset=str(demo.pool), name="pool", classes_file=str(demo.classes), **common), db=db)  # type: ignore[arg-type]
+    evaluate("val", db=db)
+    score("pool", db=db)
+    return db

@@ -79,6 +79,20 @@ def status(message: str) -> None:
         err.print(message, soft_wrap=True)
 
 
+def drop_and_report(kind: str, name: str, db: str | None, json: bool) -> None:
+    """Delete a run or a result (``kind``) in the store and say so (or print JSON)."""
+    with user_errors():
+        from ml_debugger.core.store import Store
+
+        with Store(db) as store:
+            (store.drop_run if kind == "run" else store.drop_result)(name)
+            path = store.path
+    if json:
+        print_json({"dropped": name, "kind": kind, "db": str(path)})
+    else:
+        out.print(f"dropped {kind} [bold]{name}[/bold] from {path}")
+
+
 def configure_logging(verbose: int, quiet: bool) -> None:
     level = (
         logging.ERROR if quiet else (logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING)
@@ -129,8 +143,9 @@ def table(
     columns: Sequence[str],
     rows: Sequence[Sequence[Any]],
     numeric: Sequence[str] = (),
+    no_wrap: Sequence[str] = ("created",),
 ) -> Table:
-    """A rich table; ``numeric`` columns are right-aligned and never wrapped."""
+    """A rich table; ``numeric`` columns are right-aligned; they and ``no_wrap`` are never wrapped."""
     t = Table(
         title=title,
         title_justify="left",
@@ -141,7 +156,7 @@ def table(
     )
     for c in columns:
         t.add_column(
-            c, justify="right" if c in numeric else "left", no_wrap=c in numeric or c == "created", overflow="fold"
+            c, justify="right" if c in numeric else "left", no_wrap=c in numeric or c in no_wrap, overflow="fold"
         )
     for r in rows:
         t.add_row(*(fmt(v) for v in r))

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from ml_debugger import __version__
-from ml_debugger.cli import demo, extract, runs, show
+from ml_debugger.cli import demo, evaluate, extract, results, runs, show
 from ml_debugger.cli._console import configure_logging, user_errors
 from ml_debugger.cli._options import opt
 from ml_debugger.cli._settings import load_settings
@@ -19,7 +19,8 @@ from ml_debugger.cli._settings import load_settings
 app = typer.Typer(
     name="mldbg",
     help="Find where your vision model is wrong, and label only what matters.\n\n"
-    "Runs your PyTorch model over a dataset into one DuckDB file (outputs, features, stability). "
+    "Runs your PyTorch model over a dataset into one DuckDB file (outputs, features, stability), "
+    "learns on labelled data when it is wrong (evaluate), and scores unlabelled data (score). "
     "Defaults for any option can live in ./mldbg.yaml or in MLDBG_<COMMAND>_<OPTION> environment "
     "variables (e.g. MLDBG_EXTRACT_BATCH_SIZE=256; the database: MLDBG_DB).",
     no_args_is_help=True,
@@ -54,6 +55,9 @@ def root(
 
 app.command("extract")(extract.extract_command)
 app.add_typer(runs.app, name="runs")
+app.command("evaluate")(evaluate.evaluate_command)
+app.command("score")(evaluate.score_command)
+app.add_typer(results.app, name="results")
 app.command("show")(show.show_command)
 app.command("demo")(demo.demo_command)
 

@@ -1,4 +1,4 @@
-"""``mldbg demo [DIR]``: build real digits data and a small model, then extract them."""
+"""``mldbg demo [DIR]``: build real digits data and a small model, extract, evaluate and score them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import typer
 
 from ml_debugger.cli._console import out, print_json, progress_bar, status, user_errors
 from ml_debugger.cli._options import JsonOption, opt
+from ml_debugger.cli._render import coverage_line, headline, zone_table
 
 
 def demo_command(
@@ -18,23 +19,30 @@ def demo_command(
     stability: Annotated[int, opt(help="Perturbed copies per pool sample.")] = 4,
     json: JsonOption = False,
 ) -> None:
-    """Build a demo from scikit-learn's real digits and run extract on it.
+    """Build a demo from scikit-learn's real digits, then extract, evaluate and score it.
 
     Writes class folders (train, val), an unlabelled pool, a small CNN (model.pt2) trained in
-    seconds, and DIR/mldbg.duckdb with the runs `val` and `pool`.
+    seconds, and DIR/mldbg.duckdb with the runs `val` and `pool`, a result fitted on `val`
+    and the pool's scores.
 
     Example: mldbg demo mldbg-demo && cd mldbg-demo && mldbg runs
     """
     with user_errors():
         from ml_debugger.core.demo import MODEL_NAME, PREPROCESS, build_demo
+        from ml_debugger.core.evaluate import evaluate, score
         from ml_debugger.core.extract import ExtractRequest, extract
         from ml_debugger.core.stability import StabilityConfig
+        from ml_debugger.core.store import Store
 
         directory.mkdir(parents=True, exist_ok=True)
         status(f"building demo data and model in {directory} …")
         files = build_demo(directory)
         status(f"trained a small CNN: train accuracy {files.train_accuracy:.1%}, val {files.val_accuracy:.1%}")
         db = directory / "mldbg.duckdb"
+        if db.exists():  # a re-run replaces the demo's runs, so first its results
+            with Store(db) as store:
+                for old in store.result_names():
+                    store.drop_result(old)
         common = dict(model=str(files.model), model_name=MODEL_NAME, image_size=PREPROCESS.image_size,
                       channels=1, mean=PREPROCESS.mean, std=PREPROCESS.std, overwrite=True)  # fmt: skip
         summaries = []
@@ -49,10 +57,27 @@ def demo_command(
             req = ExtractRequest(dataset=str(folder), name=name, **common, **extra)  # type: ignore[arg-type]
             with progress_bar(f"extract {name}") as progress:
                 summaries.append(extract(req, db=db, progress=progress))
+        status("evaluating val (error model, zones) …")
+        result = evaluate("val", db=db).result
+        scored = score("pool", db=db, result=result.name)
     if json:
-        print_json({"directory": str(directory), "runs": [s.to_dict() for s in summaries]})
+        print_json(
+            {
+                "directory": str(directory),
+                "runs": [s.to_dict() for s in summaries],
+                "result": result.name,
+                "metrics": result.metrics,
+                "pool_zones": scored.zones,
+            }
+        )
         return
     for s in summaries:
         acc = f", accuracy {s.accuracy:.1%}" if s.accuracy is not None else " (unlabelled)"
         out.print(f"run [bold]{s.run}[/bold]: {s.n_samples:,} samples{acc}")
-    out.print(f"\nnext: cd {directory} && mldbg runs && mldbg show val")
+    out.print(f"result [bold]{result.name}[/bold] fitted on val")
+    out.print(headline(result.metrics))
+    line = coverage_line(result.metrics)
+    if line:
+        out.print(line)
+    out.print(zone_table(scored.zones, "zones of the unlabelled pool"))
+    out.print(f"next: cd {directory} && mldbg show {result.name}")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ml_debugger.cli._console import out, print_json, short_path, table, user_errors
+from ml_debugger.cli._console import drop_and_report, out, print_json, short_path, table, user_errors
 from ml_debugger.cli._options import DbOption, JsonOption
 
 app = typer.Typer(
@@ -59,13 +59,4 @@ def drop_command(
 
     Example: mldbg runs drop pool
     """
-    with user_errors():
-        from ml_debugger.core.store import Store
-
-        with Store(db) as store:
-            store.drop_run(name)
-            path = store.path
-    if json:
-        print_json({"dropped": name, "db": str(path)})
-    else:
-        out.print(f"dropped run [bold]{name}[/bold] from {path}")
+    drop_and_report("run", name, db, json)

@@ -1,4 +1,4 @@
-"""``mldbg show NAME``: everything about one run."""
+"""``mldbg show NAME``: everything about one run or one result."""
 
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ _MAX_SKIPPED_SHOWN = 20
 
 
 def show_command(
-    name: Annotated[str, typer.Argument(help="A run name (see `mldbg runs`).", show_default=False)],
+    name: Annotated[
+        str, typer.Argument(help="A run (see `mldbg runs`) or a result (see `mldbg results`).", show_default=False)
+    ],
     db: DbOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Show one run: counts, accuracy, class distribution, stability, skipped files.
+    """Show one run (counts, accuracy, classes, skipped files) or one result (metrics, zones).
 
-    Accuracy and per-class accuracy appear when the run is labelled.
+    A result shows its metrics beside the baselines, thresholds, zone table and per-class table.
 
     Example: mldbg show val
     """
@@ -28,6 +30,11 @@ def show_command(
         from ml_debugger.core.store import Store
 
         with Store(db, read_only=True) as store:
+            if store.get_run(name) is None and store.get_result(name) is not None:
+                _show_result(store.require_result(name), json)
+                return
+            if store.get_run(name) is None:
+                _not_found(store, name)
             run = store.require_run(name)
             details: dict[str, Any] = {
                 "run": {k: v for k, v in run.__dict__.items()},
@@ -37,6 +44,7 @@ def show_command(
                 "stability": store.stability_summary(name),
                 "classes": store.class_table(name).to_dicts(),
                 "skipped_files": store.read_skipped(name).to_dicts(),
+                "scored_by": [p for p in store.scored_pairs().to_dicts() if p["run"] == name],
             }
     for row in details["classes"]:
         row["name"] = run.classes[row["cls"]] if 0 <= row["cls"] < len(run.classes) else str(row["cls"])
@@ -75,3 +83,50 @@ def show_command(
         shown = skipped[:_MAX_SKIPPED_SHOWN]
         more = f" (first {_MAX_SKIPPED_SHOWN} of {len(skipped)}; all with --json)" if len(skipped) > len(shown) else ""
         out.print(table(f"skipped files{more}", ["sample", "reason"], [(s["sample_id"], s["reason"]) for s in shown]))
+    for pair in details["scored_by"]:
+        kind = "out-of-fold scores" if pair["out_of_fold"] else "scores"
+        out.print(f"{kind} of {fmt(pair['n'])} samples by result {pair['result']} ({fmt(pair['scored'])})")
+
+
+def _not_found(store: Any, name: str) -> None:
+    import difflib
+
+    from ml_debugger.errors import NotFoundError
+
+    runs = [r["name"] for r in store.list_runs().to_dicts()]
+    results = store.result_names()
+    close = difflib.get_close_matches(name, runs + results, n=3, cutoff=0.5)
+    if close:
+        hint = f"did you mean: {', '.join(close)}?"
+    else:
+        hint = f"runs: {', '.join(runs) or 'none'}; results: {', '.join(results) or 'none'}"
+    raise NotFoundError(f"no run or result named {name!r} in {store.path}; {hint}")
+
+
+def _show_result(info: Any, json: bool) -> None:
+    from ml_debugger.cli._render import class_table, print_evaluation, threshold_table
+
+    if json:
+        print_json(info.__dict__)
+        return
+    out.print(f"[bold]result {info.name}[/bold]")
+    m = info.metrics
+    out.print(
+        kv_table(
+            [
+                ("task", info.task),
+                ("model", f"{info.model_name}/{info.model_version}"),
+                ("method", f"{info.method} ({m.get('model_kind')})"),
+                ("eval run", info.eval_run),
+                ("kNN bank", info.reference_run),
+                ("signals", ", ".join(info.model["signals"])),
+                ("accuracy", f"{m['accuracy']:.2%}" if m.get("accuracy") is not None else "–"),
+                ("created", fmt(info.created)),
+            ]
+        )
+    )
+    for note in m.get("notes", []):
+        out.print(f"note: {note}")
+    print_evaluation(m)
+    out.print(threshold_table(info.thresholds))
+    out.print(class_table(m))

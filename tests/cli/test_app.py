@@ -134,6 +134,12 @@ def test_demo_command(tmp_path: Path, clean_env: Path) -> None:
     runs = {x["run"]: x for x in json.loads(r.stdout)["runs"]}
     assert runs["val"]["labelled"] and 0.6 < runs["val"]["accuracy"] < 0.99  # real and imperfect
     assert not runs["pool"]["labelled"] and runs["pool"]["n_samples"] > 500
+    # it goes on through evaluate and score: a result, and every pool sample in a zone
+    doc = json.loads(r.stdout)
+    assert doc["result"].startswith("digits_cnn_v1_classification_v1_")
+    assert sum(z["count"] for z in doc["pool_zones"]) == runs["pool"]["n_samples"]
+    r = runner.invoke(app, ["demo", str(tmp_path / "d"), "--stability", "2"])  # a re-run replaces it all
+    assert r.exit_code == 0 and "zones of the unlabelled pool" in r.output, r.output
     # the demo folder's mldbg.yaml makes the README's short commands work there
     import os
 

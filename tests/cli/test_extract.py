@@ -57,7 +57,7 @@ def test_extract_labelled_and_unlabelled_then_list_and_show(demo: DemoFiles, tmp
     r = runner.invoke(app, ["runs", "drop", "pool", "--db", str(db)])
     assert r.exit_code == 0 and "dropped run pool" in r.output
     r = runner.invoke(app, ["show", "pool", "--db", str(db)])
-    assert r.exit_code == 1 and "no run named 'pool'" in r.output and "runs: val" in r.output
+    assert r.exit_code == 1 and "no run or result named 'pool'" in r.output and "runs: val" in r.output
 
 
 def test_rerun_is_up_to_date_and_new_files_are_added(demo: DemoFiles, tmp_path: Path, clean_env: Path) -> None:

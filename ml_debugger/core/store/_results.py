@@ -51,7 +51,8 @@ class ResultsMixin(StoreBase):
 
     def create_result(self, info: ResultInfo, arrays: dict[str, np.ndarray], eval_scores: pl.DataFrame) -> None:
         """Store a result, its arrays and its (out-of-fold) scores of the eval run, all or nothing."""
-        row = {k: (json.dumps(v, sort_keys=True) if k in _JSON_FIELDS else v) for k, v in info.__dict__.items()}
+        # Key order is kept (thresholds read in rule order); JSON of numpy scalars is refused.
+        row = {k: (json.dumps(v) if k in _JSON_FIELDS else v) for k, v in info.__dict__.items()}
         cols = ", ".join(row)
         with self.transaction() as con:
             con.execute(f"INSERT INTO results ({cols}) VALUES ({', '.join('?' for _ in row)})", list(row.values()))

@@ -1,0 +1,141 @@
+"""Tables shared by `evaluate`, `score` and `show RESULT`: detectors vs baselines, zones, classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from ml_debugger.cli._console import out, table
+
+# Mirrors core.summary / core.zones (kept here so rendering needs no numpy/polars import).
+_DETECTOR_LABELS = {
+    "error_proba": "error_proba (mldbg)",
+    "msp": "max softmax (MSP)",
+    "entropy": "entropy",
+    "doctor": "DOCTOR 1−Σp²",
+    "energy": "energy",
+    "trust_score": "kNN Trust Score",
+}
+_ZONE_INFO = {
+    "stable_coverage": ("Highly Stable", "not needed"),
+    "operational_coverage": ("Stable", "low priority"),
+    "hotspot": ("Unstable", "recommended"),
+    "recessive_hotspot": ("Under-Confidence", "recommended"),
+    "critical_hotspot": ("Over-Confidence", "highest priority"),
+    "aleatoric_hotspot": ("Outlier", "review needed"),
+}
+
+
+def _num(v: float | None, pattern: str = "{:.4f}") -> str:
+    return "–" if v is None else pattern.format(v)
+
+
+def detector_table(metrics: dict[str, Any]) -> Table:
+    dets = metrics["detectors"]
+    thr = metrics.get("confident_threshold", 0.9)
+    cols = ["detector", "AUROC", "AUPR-error", "FPR@95%TPR", f"AUROC conf≥{thr:g}"]
+    rows = [
+        (
+            _DETECTOR_LABELS.get(name, name),
+            _num(d["auroc"]),
+            _num(d["aupr_error"]),
+            _num(d["fpr95"]),
+            _num(d.get("auroc_confident")),
+        )
+        for name, d in dets.items()
+    ]
+    title = f"error detection on {metrics['samples']:,} labelled samples ({metrics['errors']:,} errors), out-of-fold"
+    return table(title, cols, rows, numeric=cols[1:], no_wrap=("detector",))
+
+
+def headline(metrics: dict[str, Any]) -> str:
+    """One sentence: does error_proba beat the best baseline?"""
+    ours = metrics["detectors"]["error_proba"]["auroc"]
+    best = metrics.get("best_baseline")
+    if ours is None or not best:
+        return "AUROC undefined (the labelled run needs both errors and correct predictions)"
+    diff = ours - best["auroc"]
+    verdict = "beats" if diff > 0 else "does not beat"
+    return (
+        f"error_proba AUROC {ours:.4f} {verdict} the best baseline, "
+        f"{_DETECTOR_LABELS.get(best['name'], best['name'])} ({best['auroc']:.4f}), by {diff:+.4f}"
+    )
+
+
+def zone_rows(zones: list[dict]) -> tuple[list[str], list[list[Any]]]:
+    labelled = any("error_rate" in z for z in zones)
+    cols = ["zone", "label", "samples", "share"] + (["error rate", "95% interval"] if labelled else []) + ["collection"]
+    rows = []
+    for z in zones:
+        label, collection = _ZONE_INFO[z["zone"]]
+        row: list[Any] = [z["zone"], label, z["count"], f"{z['share']:.1%}"]
+        if labelled:
+            rate = z.get("error_rate")
+            row += [
+                "–" if rate is None else f"{rate:.1%}",
+                "–" if not z["count"] else f"{z['error_lo']:.1%}–{z['error_hi']:.1%}",
+            ]
+        rows.append([*row, collection])
+    return cols, rows
+
+
+def zone_table(zones: list[dict], title: str) -> Table:
+    cols, rows = zone_rows(zones)
+    return table(title, cols, rows, numeric=("samples", "share", "error rate", "95% interval"), no_wrap=("zone",))
+
+
+def coverage_line(metrics: dict[str, Any]) -> str | None:
+    cov = metrics.get("coverage")
+    if not cov:
+        return None
+    if cov["cutoff"] is None:
+        return (
+            f"stable_coverage: empty — no cut-off keeps its error rate under {cov['target']:.1%} "
+            f"with {cov['level']:.0%} confidence"
+        )
+    return (
+        f"stable_coverage promise: error rate ≤ {cov['target']:.1%} ({cov['level']:.0%} upper bound "
+        f"{cov['upper_bound']:.2%} from {cov['errors']} error(s) in {cov['n']:,} samples; "
+        f"error_proba ≤ {cov['cutoff']:.4f})"
+    )
+
+
+def class_table(metrics: dict[str, Any]) -> Table:
+    cols = ["class", "samples", "accuracy", "AUROC", "AUROC MSP", "coverage", "coverage err", "critical"]
+    rows = [
+        (
+            c["class"],
+            c["samples"],
+            f"{c['accuracy']:.1%}",
+            _num(c["auroc"], "{:.3f}"),
+            _num(c["auroc_msp"], "{:.3f}"),
+            f"{c['coverage_share']:.0%}",
+            "–" if c["coverage_error_rate"] is None else f"{c['coverage_error_rate']:.1%}",
+            c["critical"],
+        )
+        for c in metrics["classes"]
+    ]
+    return table("per class (true label)", cols, rows, numeric=cols[1:])
+
+
+def threshold_table(thresholds: dict[str, Any]) -> Table:
+    glob = thresholds["global"]
+    per_class = thresholds.get("per_class", {})
+    cols = ["threshold", "value", *per_class]
+    rows = [
+        [key, "–" if v is None else f"{v:.4g}", *("" if key not in o else f"{o[key]:.4g}" for o in per_class.values())]
+        for key, v in glob.items()
+    ]
+    return table("zone thresholds", cols, rows, numeric=("value",))
+
+
+def print_evaluation(metrics: dict[str, Any]) -> None:
+    out.print(detector_table(metrics))
+    out.print(headline(metrics))
+    if metrics.get("ece") is not None:
+        out.print(f"calibration: {metrics.get('calibration', '')}; expected calibration error {metrics['ece']:.4f}")
+    out.print(zone_table(metrics["zones"], "zones (labelled run, out-of-fold)"))
+    line = coverage_line(metrics)
+    if line:
+        out.print(line)

@@ -1,0 +1,175 @@
+"""Feature-space signals against a labelled reference bank: exact kNN, chunked, in torch.
+
+Features are L2-normalised, so the Euclidean distance of two features is
+``sqrt(2 - 2 cos)`` and one matrix product per chunk of queries gives every distance. For
+each query we keep its k nearest bank samples and its nearest bank sample of every class;
+from those come the signals the error model uses:
+
+``knn_disagree``  share of the k nearest neighbours whose label differs from the predicted class
+``knn_vote``      the label most of the k nearest neighbours carry (ties: the nearer one)
+``trust_score``   distance to the nearest other class ÷ distance to the predicted class
+                  (Jiang et al. 2018, "To Trust Or Not To Trust A Classifier", with α = 0)
+``knn_distance``  distance to the k-th nearest neighbour
+``ood_score``     the percentile of ``knn_distance`` among the bank's own leave-one-out
+                  k-th distances, in [0, 1]
+
+When the queries are the bank itself (the labelled run scoring itself) each sample is left
+out of its own neighbourhood, so no sample sees its own label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+# Floats of the similarity block held at once (queries × bank); 2**25 floats = 128 MiB.
+_BLOCK_FLOATS = 2**25
+# Keeps the trust-score ratio finite when a query coincides with a bank sample.
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class Bank:
+    """Reference features ``[n, d]`` (L2-normalised float32), labels ``[n]`` and their class count."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    n_classes: int
+    k: int
+    # The bank's own leave-one-out k-th-neighbour distances, sorted: the OOD reference.
+    self_distances: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+
+def normalize(features: np.ndarray | torch.Tensor) -> torch.Tensor:
+    import torch
+
+    if isinstance(features, torch.Tensor):
+        x = features.float()
+    else:
+        x = torch.from_numpy(np.array(features, dtype=np.float32))  # a copy: DuckDB's arrays are read-only
+    return torch.nn.functional.normalize(x, dim=1, eps=1e-12)
+
+
+def build_bank(features: np.ndarray, labels: np.ndarray, n_classes: int, *, k: int) -> tuple[Bank, dict]:
+    """Normalise the reference features and compute their leave-one-out signals.
+
+    Returns the bank and the neighbour search of the bank's own samples, each left out of its
+    own neighbourhood; pass it to ``signals_from_search`` with their predicted classes.
+    """
+    import torch
+
+    feats = normalize(features)
+    labs = torch.from_numpy(np.array(labels, dtype=np.int64))
+    k_eff = max(1, min(k, len(labs) - 1))
+    empty = torch.zeros(0)
+    bank = Bank(feats, labs, n_classes, k_eff, empty)
+    raw = _search(feats, bank, exclude_self=True)
+    own = torch.sort(raw["knn_distance"]).values
+    return Bank(feats, labs, n_classes, k_eff, own), raw
+
+
+def knn_signals(features: np.ndarray, pred: np.ndarray, bank: Bank) -> dict:
+    """Signals of queries ``[m, d]`` with predicted classes ``[m]`` against ``bank``.
+
+    Returns
+    -------
+    dict of numpy arrays ``[m]``: knn_disagree, knn_vote, trust_score, knn_distance, ood_score.
+    """
+    return signals_from_search(_search(normalize(features), bank, exclude_self=False), pred, bank)
+
+
+def signals_from_search(raw: dict, pred: np.ndarray, bank: Bank) -> dict:
+    """Turn a neighbour search (``build_bank``'s second value, or ``knn_signals``'s) into signals."""
+    import torch
+
+    p = torch.from_numpy(np.array(pred, dtype=np.int64))
+    labels = raw["neighbor_labels"]
+    out = {
+        "knn_disagree": (labels != p.unsqueeze(1)).float().mean(dim=1),
+        "knn_vote": _vote(labels, bank.n_classes),
+        "trust_score": _trust(raw["class_distance"], p),
+        "knn_distance": raw["knn_distance"],
+        "ood_score": ood_percentile(raw["knn_distance"], bank.self_distances),
+    }
+    return {key: v.numpy() for key, v in out.items()}
+
+
+def ood_percentile(distances: torch.Tensor, reference_sorted: torch.Tensor) -> torch.Tensor:
+    """Share of the reference distances strictly below each distance (mid-rank for ties)."""
+    import torch
+
+    n = max(1, int(reference_sorted.shape[0]))
+    lo = torch.searchsorted(reference_sorted, distances, right=False).float()
+    hi = torch.searchsorted(reference_sorted, distances, right=True).float()
+    return ((lo + hi) / (2 * n)).clamp(0.0, 1.0)
+
+
+def _search(queries: torch.Tensor, bank: Bank, *, exclude_self: bool) -> dict:
+    """k nearest labels, k-th distance and nearest distance per class, chunk by chunk."""
+    import torch
+
+    m, n = queries.shape[0], len(bank)
+    k = min(bank.k, n - 1 if exclude_self else n)
+    if k < 1:
+        raise ValueError("the reference bank needs at least 2 samples")
+    chunk = max(16, _BLOCK_FLOATS // max(1, n))
+    order = torch.argsort(bank.labels, stable=True)
+    sorted_feats = bank.features[order]
+    bounds = torch.searchsorted(bank.labels[order], torch.arange(bank.n_classes + 1))
+    neighbor_labels = torch.empty(m, k, dtype=torch.long)
+    kth = torch.empty(m)
+    class_sim = torch.full((m, bank.n_classes), -2.0)
+    for start in range(0, m, chunk):
+        stop = min(m, start + chunk)
+        sims = queries[start:stop] @ sorted_feats.T
+        if exclude_self:
+            # Row i of the chunk is bank sample start + i, now at position inv[start + i].
+            inv = torch.empty_like(order)
+            inv[order] = torch.arange(n)
+            rows = torch.arange(stop - start)
+            sims[rows, inv[start:stop]] = -3.0
+        top = sims.topk(k, dim=1)
+        neighbor_labels[start:stop] = bank.labels[order[top.indices]]
+        kth[start:stop] = top.values[:, -1]
+        for c in range(bank.n_classes):
+            lo, hi = int(bounds[c]), int(bounds[c + 1])
+            if hi > lo:
+                class_sim[start:stop, c] = sims[:, lo:hi].amax(dim=1)
+    return {
+        "neighbor_labels": neighbor_labels,
+        "knn_distance": _distance(kth),
+        "class_distance": _distance(class_sim),
+    }
+
+
+def _distance(sim: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance of unit vectors from their cosine similarity (−2 marks "none": 2)."""
+    return (2.0 - 2.0 * sim.clamp(-1.0, 1.0)).clamp_min(0.0).sqrt()
+
+
+def _vote(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    import torch
+
+    counts = torch.zeros(labels.shape[0], n_classes)
+    # Nearer neighbours weigh a hair more, so ties go to the nearer label.
+    weights = 1.0 + 1e-3 * torch.linspace(1.0, 0.0, labels.shape[1]).expand_as(labels)
+    counts.scatter_add_(1, labels, weights)
+    return counts.argmax(dim=1)
+
+
+def _trust(class_distance: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    d_pred = class_distance.gather(1, pred.unsqueeze(1)).squeeze(1)
+    others = class_distance.scatter(1, pred.unsqueeze(1), float("inf"))
+    d_other = others.amin(dim=1)
+    d_other = torch.where(torch.isinf(d_other), torch.full_like(d_other, 2.0), d_other)
+    return (d_other + _EPS) / (d_pred + _EPS)

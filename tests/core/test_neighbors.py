@@ -1,0 +1,55 @@
+"""kNN signals against brute force in NumPy: distances, votes, Trust Score, OOD percentiles."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ml_debugger.core import neighbors as N
+
+
+def _data(n: int = 300, d: int = 12, c: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x[:, :c] += 2.5 * np.eye(c)[y]
+    return x, y
+
+
+def _dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return np.sqrt(np.clip(2 - 2 * a @ b.T, 0, None))
+
+
+def test_leave_one_out_signals_match_brute_force(monkeypatch) -> None:
+    monkeypatch.setattr(N, "_BLOCK_FLOATS", 300 * 7)  # several chunks, to test the chunking
+    x, y = _data()
+    k = 5
+    bank, raw = N.build_bank(x, y, 4, k=k)
+    pred = (y + (np.arange(len(y)) % 7 == 0)) % 4  # some wrong predictions
+    sig = N.signals_from_search(raw, pred, bank)
+    d = _dist(x, x)
+    np.fill_diagonal(d, np.inf)  # leave one out
+    order = np.argsort(d, axis=1, kind="stable")[:, :k]
+    assert np.allclose(sig["knn_distance"], np.sort(d, axis=1)[:, k - 1], atol=1e-5)
+    assert np.allclose(sig["knn_disagree"], (y[order] != pred[:, None]).mean(1))
+    d_pred = np.array([d[i, y == pred[i]].min() for i in range(len(y))])
+    d_other = np.array([d[i, y != pred[i]].min() for i in range(len(y))])
+    assert np.allclose(sig["trust_score"], (d_other + 1e-6) / (d_pred + 1e-6), rtol=1e-4)
+    majority = np.array([np.bincount(y[o], minlength=4).max() for o in order])
+    voted = np.array([np.bincount(y[o], minlength=4)[v] for o, v in zip(order, sig["knn_vote"], strict=True)])
+    assert (voted == majority).all()
+    # the bank's own OOD scores are its percentiles: spread evenly over [0, 1]
+    assert 0 <= sig["ood_score"].min() < 0.01 and 0.99 < sig["ood_score"].max() <= 1
+    assert abs(float(np.mean(sig["ood_score"])) - 0.5) < 0.01
+
+
+def test_queries_far_from_the_bank_get_high_ood_scores() -> None:
+    x, y = _data()
+    bank, _ = N.build_bank(x, y, 4, k=5)
+    near = N.knn_signals(x[:50] + 0.01, y[:50], bank)
+    far_away = -np.abs(x[:50]) - 3.0  # the opposite side of the sphere from every cluster
+    far = N.knn_signals(far_away, y[:50], bank)
+    assert np.median(near["ood_score"]) < 0.6
+    assert (far["ood_score"] > 0.99).all()
+    assert (near["ood_score"] >= 0).all() and (far["ood_score"] <= 1).all()
