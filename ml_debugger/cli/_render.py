@@ -63,13 +63,14 @@ def headline(metrics: dict[str, Any]) -> str:
     )
 
 
-def zone_rows(zones: list[dict]) -> tuple[list[str], list[list[Any]]]:
+def zone_rows(zones: list[dict], *, labels: bool = True) -> tuple[list[str], list[list[Any]]]:
     labelled = any("error_rate" in z for z in zones)
-    cols = ["zone", "label", "samples", "share"] + (["error rate", "95% interval"] if labelled else []) + ["collection"]
+    cols = ["zone", *(["label"] if labels else []), "samples", "share"]
+    cols += (["error rate", "95% interval"] if labelled else []) + ["collection"]
     rows = []
     for z in zones:
         label, collection = _ZONE_INFO[z["zone"]]
-        row: list[Any] = [z["zone"], label, z["count"], f"{z['share']:.1%}"]
+        row: list[Any] = [z["zone"], *([label] if labels else []), z["count"], f"{z['share']:.1%}"]
         if labelled:
             rate = z.get("error_rate")
             row += [
@@ -80,8 +81,12 @@ def zone_rows(zones: list[dict]) -> tuple[list[str], list[list[Any]]]:
     return cols, rows
 
 
+# Below this terminal width the zone table leaves out the zone labels ("Highly Stable", ...).
+_WIDE = 110
+
+
 def zone_table(zones: list[dict], title: str) -> Table:
-    cols, rows = zone_rows(zones)
+    cols, rows = zone_rows(zones, labels=out.width >= _WIDE)
     return table(title, cols, rows, numeric=("samples", "share", "error rate", "95% interval"), no_wrap=("zone",))
 
 

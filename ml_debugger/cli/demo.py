@@ -58,7 +58,7 @@ def demo_command(
             with progress_bar(f"extract {name}") as progress:
                 summaries.append(extract(req, db=db, progress=progress))
         status("evaluating val (error model, zones) …")
-        result = evaluate("val", db=db).result
+        result = evaluate("val", db=db, config=directory / "evaluate.yaml").result
         scored = score("pool", db=db, result=result.name)
     if json:
         print_json(

@@ -3,7 +3,8 @@
 ``build_demo(dir)`` writes ``data/train`` and ``data/val`` (class folders of PNGs), a flat
 ``data/pool`` whose labels are set aside in ``pool_labels.csv``, ``classes.txt``, a CNN trained
 for a few seconds with a fixed seed (deliberately short of perfect, so the pool holds real
-errors) saved as ``model.pt2``, and an ``mldbg.yaml`` with the preprocessing the model needs.
+errors) saved as ``model.pt2``, an ``mldbg.yaml`` with the preprocessing the model needs, and
+an ``evaluate.yaml`` with a coverage target the demo's few labels can back.
 """
 
 from __future__ import annotations
@@ -142,5 +143,13 @@ def build_demo(root: str | os.PathLike[str]) -> DemoFiles:
         "  channels: 1\n"
         "  mean: '0.5'\n"
         "  std: '0.5'\n"
+        "evaluate:\n"
+        "  config: evaluate.yaml\n"
+    )
+    (root / "evaluate.yaml").write_text(
+        "# The demo's ~700 labelled digits can back a promise that stable_coverage is at most 5%\n"
+        "# wrong (95% confidence), not the default 1%: that needs several hundred more labels.\n"
+        "zones:\n"
+        "  coverage_target: 0.05\n"
     )
     return DemoFiles(root, data / "train", data / "val", data / "pool", classes, model, train_acc, val_acc)

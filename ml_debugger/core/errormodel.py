@@ -6,7 +6,8 @@ Method ``classification_v1``
   margin, entropy, DOCTOR's 1−Σp², energy), stability signals when the runs were extracted
   with ``--stability`` (feature stability, flip rate, perturbed confidence), and kNN
   signals against the labelled reference bank (share of neighbours disagreeing with the
-  prediction, log Trust Score, k-th-neighbour distance); see ``neighbors.py``.
+  prediction, log Trust Score, log class-mean distance ratio, k-th-neighbour distance); see
+  ``neighbors.py``.
 * **Model**: L2-regularised logistic regression on standardised signals, fitted by L-BFGS
   in float64. Cross-fitting (stratified folds) gives every labelled sample an out-of-fold
   score; the model is then refitted on all labelled samples to score other runs.
@@ -39,7 +40,7 @@ _CLIP = 1e-6
 
 SOFTMAX_SIGNALS = ("confidence_logit", "margin", "entropy", "doctor", "energy")
 STABILITY_SIGNALS = ("stability", "flip_rate", "perturbed_confidence")
-KNN_SIGNALS = ("knn_disagree", "log_trust", "knn_distance")
+KNN_SIGNALS = ("knn_disagree", "log_trust", "log_class_ratio", "knn_distance")
 
 
 def signal_frame(outputs: pl.DataFrame, knn: dict[str, Any]) -> pl.DataFrame:
@@ -49,14 +50,15 @@ def signal_frame(outputs: pl.DataFrame, knn: dict[str, Any]) -> pl.DataFrame:
     ``neighbors.knn_signals`` in the same row order.
     """
     c = pl.col("confidence").clip(_CLIP, 1 - _CLIP)
-    frame = outputs.with_columns(
-        *(pl.Series(k, v) for k, v in knn.items()),
-    )
-    return frame.with_columns(
+    frame = outputs.with_columns(pl.Series(k, v) for k, v in knn.items())
+    derived = [
         (c / (1 - c)).log().alias("confidence_logit"),
         (1 - pl.col("probs").list.eval(pl.element().pow(2)).list.sum()).alias("doctor"),
-        pl.col("trust_score").clip(_CLIP, None).log().alias("log_trust"),
-    )
+    ]
+    for source, name in (("trust_score", "log_trust"), ("class_ratio", "log_class_ratio")):
+        if source in frame.columns:
+            derived.append(pl.col(source).clip(_CLIP, None).log().alias(name))
+    return frame.with_columns(derived)
 
 
 def signal_names(*, stability: bool) -> list[str]:

@@ -169,6 +169,7 @@ def evaluate(
                 rules,
                 target=float(zcfg["coverage_target"]),
                 level=float(zcfg["coverage_level"]),
+                candidates=int(zcfg["coverage_candidates"]),
             )
             if calibration.cutoff is None:
                 notes.append(

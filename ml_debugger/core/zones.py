@@ -74,8 +74,6 @@ THRESHOLD_KEYS = (
     "stable_flip_rate",
 )
 MODES = ("calibrated", "fixed")
-# Settings of the zones section that are not thresholds.
-_SETTINGS = ("mode", "coverage_target", "coverage_level", "hotspot_stability_quantile", "per_class")
 
 
 @dataclass(frozen=True)
@@ -117,6 +115,9 @@ def parse_rules(section: dict[str, Any], classes: list[str], where: str = "zones
         raise UsageError(f"{where}: mode = {section.get('mode')!r}; choose from: {', '.join(MODES)}")
     for key in ("coverage_target", "coverage_level", "hotspot_stability_quantile"):
         _check_value(key, section.get(key), where)
+    cands = section.get("coverage_candidates")
+    if isinstance(cands, bool) or not isinstance(cands, int) or not 1 <= cands <= 1000:
+        raise UsageError(f"{where}: coverage_candidates = {cands!r}; give a whole number from 1 to 1000")
     thresholds = {key: _check_value(key, section.get(key), where) for key in THRESHOLD_KEYS}
     per_class: dict[int, dict[str, float]] = {}
     raw = section.get("per_class") or {}
@@ -189,21 +190,33 @@ class Calibration:
     cutoff: float | None
     n: int
     errors: int
-    upper_bound: float | None
+    upper_bound: float | None  # at level 1 − (1 − level) / candidates: what the promise rests on
     target: float
     level: float
+    candidates: int = 20
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def calibrate_stable(frame: pl.DataFrame, is_error: pl.Series, rules: ZoneRules, *, target: float, level: float):
+def calibrate_stable(
+    frame: pl.DataFrame,
+    is_error: pl.Series,
+    rules: ZoneRules,
+    *,
+    target: float,
+    level: float,
+    candidates: int = 20,
+) -> tuple[ZoneRules, Calibration]:
     """The largest ``stable_error_proba`` whose stable_coverage error rate has a one-sided
-    Clopper-Pearson ``level`` upper bound below ``target`` on these (out-of-fold) rows.
+    Clopper-Pearson upper bound below ``target`` on these (out-of-fold) rows.
 
-    Every distinct error_proba of the rows the rule could admit is a candidate; the bound is
-    computed for each as a binomial test of "error rate ≥ target". Returns the rules with the
-    cut-off set (0 when no cut-off keeps the promise: stable_coverage is then empty).
+    ``candidates`` cut-offs are tested, at the error_proba quantiles that admit 1/m, 2/m, …
+    of the rows the rule could take; each is a binomial test of "error rate ≥ target" at
+    level (1 − ``level``) / m (Bonferroni), so the promise holds with probability ``level``
+    for the cut-off chosen among them ("Learn then Test", Angelopoulos et al. 2021), not just
+    for each one alone. Returns the rules with the cut-off set (0 when no cut-off keeps the
+    promise: stable_coverage is then empty) and the evidence.
     """
     import numpy as np
 
@@ -216,15 +229,22 @@ def calibrate_stable(frame: pl.DataFrame, is_error: pl.Series, rules: ZoneRules,
     err = cand["_err"].to_numpy().astype(np.int64)
     n = np.arange(1, len(ep) + 1)
     x = np.cumsum(err)
-    last = np.r_[ep[1:] != ep[:-1], True] if len(ep) else np.zeros(0, dtype=bool)  # whole tied groups only
-    ok = last & (x < target * n)  # a bound below target needs an observed rate below it
-    ok_idx = np.flatnonzero(ok)
-    passed = ok_idx[binom_cdf(x[ok_idx], n[ok_idx], target) < 1.0 - level] if len(ok_idx) else ok_idx
+    m = max(1, int(candidates))
+    alpha = (1.0 - level) / m
+    passed = np.zeros(0, dtype=np.int64)
+    if len(ep):
+        group_end = np.r_[np.flatnonzero(ep[1:] != ep[:-1]), len(ep) - 1]
+        # candidate j admits the whole tied group holding the ceil(N j / m)-th row
+        wanted = np.ceil(len(ep) * np.arange(1, m + 1) / m).astype(np.int64) - 1
+        idx = np.unique(group_end[np.searchsorted(group_end, wanted)])
+        idx = idx[x[idx] < target * n[idx]]  # a bound below target needs an observed rate below it
+        passed = idx[binom_cdf(x[idx], n[idx], target) < alpha]
     if len(passed) == 0:
-        cal = Calibration(None, 0, 0, None, target, level)
+        cal = Calibration(None, 0, 0, None, target, level, m)
         return ZoneRules({**rules.thresholds, "stable_error_proba": 0.0}, rules.per_class), cal
     i = int(passed.max())
-    cal = Calibration(float(ep[i]), int(n[i]), int(x[i]), upper_bound(int(x[i]), int(n[i]), level), target, level)
+    bound = upper_bound(int(x[i]), int(n[i]), 1.0 - alpha)
+    cal = Calibration(float(ep[i]), int(n[i]), int(x[i]), bound, target, level, m)
     return ZoneRules({**rules.thresholds, "stable_error_proba": float(ep[i])}, rules.per_class), cal
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import polars as pl
 import pytest
@@ -9,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ml_debugger.core.config import load_config
+from ml_debugger.core.metrics import upper_bound
 from ml_debugger.core.zones import PRECEDENCE, ZONES, assign, calibrate_stable, error_codes, parse_rules
 from ml_debugger.errors import UsageError
 
@@ -72,6 +75,7 @@ def test_precedence_is_the_design_order() -> None:
         ({"ood": 1.5}, "ood = 1.5 is out of range"),
         ({"critical_confidence": "high"}, "critical_confidence = 'high' is out of range"),
         ({"mode": "magic"}, "mode = 'magic'; choose from: calibrated, fixed"),
+        ({"coverage_candidates": 0}, "coverage_candidates = 0; give a whole number from 1 to 1000"),
         ({"per_class": {"cow": {"ood": 0.5}}}, "unknown class 'cow'; classes: cat, dog, fox"),
         ({"per_class": {"cat": {"odd": 0.5}}}, "unknown key(s) odd"),
         ({"per_class": {"cat": {"ood": -1}}}, "per_class.cat: ood = -1 is out of range"),
@@ -82,7 +86,7 @@ def test_bad_thresholds_are_named(overrides: dict, message: str) -> None:
         _rules(**overrides)
 
 
-def test_calibrated_cutoff_keeps_the_bound_and_is_the_largest_that_does() -> None:
+def test_calibrated_cutoff_keeps_the_bound_for_the_chosen_candidate() -> None:
     rng = np.random.default_rng(0)
     n = 4000
     ep = rng.random(n)
@@ -93,18 +97,19 @@ def test_calibrated_cutoff_keeps_the_bound_and_is_the_largest_that_does() -> Non
         schema_overrides={"stability": pl.Float64, "flip_rate": pl.Float64},
     )  # fmt: skip
     rules = _rules(hotspot_error_proba=1.0, critical_error_proba=1.0)
-    fitted, cal = calibrate_stable(frame, pl.Series(err), rules, target=0.02, level=0.95)
-    assert cal.cutoff is not None and cal.upper_bound < 0.02
+    fitted, cal = calibrate_stable(frame, pl.Series(err), rules, target=0.02, level=0.95, candidates=20)
+    assert cal.cutoff is not None and cal.upper_bound < 0.02 and cal.candidates == 20
     inside = ep <= cal.cutoff
     assert inside.sum() == cal.n and err[inside].sum() == cal.errors
-    # it is the largest: every looser cut-off has a bound at or above the target
-    from ml_debugger.core.metrics import upper_bound
-
-    for cut in np.sort(ep[~inside])[::97]:
-        wider = ep <= cut
-        assert upper_bound(int(err[wider].sum()), int(wider.sum())) >= 0.02
+    # Bonferroni over 20 candidates: the bound is taken at 1 - 0.05 / 20
+    assert math.isclose(cal.upper_bound, upper_bound(cal.errors, cal.n, 1 - 0.05 / 20))
+    assert cal.n % 200 == 0  # candidates admit 1/20, 2/20, ... of the eligible rows (no ties here)
+    # a single candidate (everything) fails here; finer grids never choose a looser cut-off than rows allow
+    _, one = calibrate_stable(frame, pl.Series(err), rules, target=0.02, level=0.95, candidates=1)
+    assert one.cutoff is None
     zoned = assign(frame, fitted)
     assert (zoned.filter(pl.col("error_proba") <= cal.cutoff)["zone"] == "stable_coverage").all()
+    assert (zoned.filter(pl.col("error_proba") > cal.cutoff)["zone"] != "stable_coverage").all()
 
 
 def test_calibration_with_no_safe_cutoff_leaves_stable_coverage_empty() -> None:
