@@ -35,9 +35,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CACHE, export, fashion_mnist
 
-from ml_debugger.core.evaluate import evaluate, score
+from ml_debugger.core.evaluate import evaluate
 from ml_debugger.core.extract import ExtractRequest, extract
-from ml_debugger.core.metrics import detector_metrics, upper_bound
+from ml_debugger.core.metrics import auroc_difference, detector_metrics, upper_bound
+from ml_debugger.core.scoring import load_scorer, score
 from ml_debugger.core.stability import StabilityConfig
 from ml_debugger.core.store import Store
 from ml_debugger.core.summary import BASELINES
@@ -143,6 +144,11 @@ def run_dataset(name: str, setup: dict, k: int) -> dict:
     t3 = time.perf_counter()
     with Store(db, read_only=True) as store:
         scores = store.read_scores(result.name, "pool")
+        # our class-mean distance ratio alone, for reference (recomputed: scores do not keep it)
+        outputs = store.read_outputs("pool")
+        _, feats = store.read_features("pool")
+        ratio = load_scorer(store, result).score_frame(outputs, feats).select("sample_id", "class_ratio")
+    scores = scores.join(ratio, on="sample_id")
     return pool_report(name, result, scores, setup["labels"], seconds=(t1 - t0, t2 - t1, t3 - t2))
 
 
@@ -156,6 +162,11 @@ def pool_report(name: str, result, scores: pl.DataFrame, labels: pl.DataFrame, s
     dets = {"error_proba": detector_metrics(y, frame["error_proba"].to_numpy().astype(np.float64), confident)}
     for base, (col, sign) in BASELINES.items():
         dets[base] = detector_metrics(y, sign * frame[col].to_numpy().astype(np.float64), confident)
+    versus = max((d["auroc"], n) for n, d in dets.items() if n != "error_proba")[1]
+    ratio = -frame["class_ratio"].to_numpy().astype(np.float64)
+    dets["class_ratio (ours, alone)"] = detector_metrics(y, ratio, confident)
+    col, sign = BASELINES[versus]
+    diff = auroc_difference(y, frame["error_proba"].to_numpy(), sign * frame[col].to_numpy(), rounds=500)
     zone = frame["zone"].to_numpy()
     crit = zone == "critical_hotspot"
     stable = zone == "stable_coverage"
@@ -169,6 +180,7 @@ def pool_report(name: str, result, scores: pl.DataFrame, labels: pl.DataFrame, s
         "pool_errors": int(y.sum()),
         "pool_accuracy": 1 - float(y.mean()),
         "detectors": dets,
+        "versus_best": {"baseline": versus, **diff},
         "critical": {"count": int(crit.sum()), "precision": float(y[crit].mean()) if crit.any() else None},
         "stable_coverage": {
             "count": int(stable.sum()),
@@ -191,16 +203,18 @@ def print_report(r: dict) -> None:
         f"\n## {r['dataset']}: eval {r['eval_samples']:,} samples (accuracy {r['eval_accuracy']:.1%}), "
         f"pool {r['pool_samples']:,} samples, {r['pool_errors']:,} errors (accuracy {r['pool_accuracy']:.1%})"
     )
-    print(f"{'detector (pool)':<22}{'AUROC':>8}{'AUPR-err':>10}{'FPR@95':>8}{'AUROC conf≥0.9':>16}")
+    print(f"{'detector (pool)':<26}{'AUROC':>8}{'AUPR-err':>10}{'FPR@95':>8}{'AUROC conf≥0.9':>16}")
     for name, d in r["detectors"].items():
         ac = d.get("auroc_confident")
         conf = "–" if ac is None else f"{ac:.4f}"
-        print(f"{name:<22}{d['auroc']:>8.4f}{d['aupr_error']:>10.4f}{d['fpr95']:>8.4f}{conf:>16}")
-    best = max((d["auroc"], n) for n, d in r["detectors"].items() if n != "error_proba")
+        print(f"{name:<26}{d['auroc']:>8.4f}{d['aupr_error']:>10.4f}{d['fpr95']:>8.4f}{conf:>16}")
+    best = max((d["auroc"], n) for n, d in r["detectors"].items() if n in BASELINES)
     ours = r["detectors"]["error_proba"]["auroc"]
+    v = r["versus_best"]
     print(
         f"error_proba - best baseline ({best[1]}): {ours - best[0]:+.4f} AUROC "
-        f"({'target met' if ours > best[0] else 'target MISSED'})"
+        f"(paired bootstrap 95% interval {v['lo']:+.4f} to {v['hi']:+.4f}; "
+        f"{'target met' if ours > best[0] else 'target MISSED'})"
     )
     c = r["critical"]
     precision = "–" if c["precision"] is None else f"{c['precision']:.1%}"

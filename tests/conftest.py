@@ -85,7 +85,8 @@ def scored(demo: DemoFiles, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Copy it (``shutil.copy``) before writing to it.
     """
-    from ml_debugger.core.evaluate import evaluate, score
+    from ml_debugger.core.evaluate import evaluate
+    from ml_debugger.core.scoring import score
 
     db = tmp_path_factory.mktemp("scored") / "mldbg.duckdb"
     common = dict(model=str(demo.model), model_name="digits", workers=0, stability=StabilityConfig(k=4), **PRE_KW)

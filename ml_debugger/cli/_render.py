@@ -57,10 +57,14 @@ def headline(metrics: dict[str, Any]) -> str:
         return "AUROC undefined (the labelled run needs both errors and correct predictions)"
     diff = ours - best["auroc"]
     verdict = "beats" if diff > 0 else "does not beat"
-    return (
+    line = (
         f"error_proba AUROC {ours:.4f} {verdict} the best baseline, "
         f"{_DETECTOR_LABELS.get(best['name'], best['name'])} ({best['auroc']:.4f}), by {diff:+.4f}"
     )
+    ci = best.get("versus")
+    if ci and ci.get("lo") is not None:
+        line += f" (95% bootstrap interval {ci['lo']:+.4f} to {ci['hi']:+.4f})"
+    return line
 
 
 def zone_rows(zones: list[dict], *, labels: bool = True) -> tuple[list[str], list[list[Any]]]:

@@ -29,8 +29,9 @@ def demo_command(
     """
     with user_errors():
         from ml_debugger.core.demo import MODEL_NAME, PREPROCESS, build_demo
-        from ml_debugger.core.evaluate import evaluate, score
+        from ml_debugger.core.evaluate import evaluate
         from ml_debugger.core.extract import ExtractRequest, extract
+        from ml_debugger.core.scoring import score
         from ml_debugger.core.stability import StabilityConfig
         from ml_debugger.core.store import Store
 

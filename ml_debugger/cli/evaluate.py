@@ -39,7 +39,7 @@ def evaluate_command(
         from ml_debugger.core.evaluate import evaluate
 
         status(f"evaluating {run} …")
-        summary = evaluate(run, db=db, result_name_=result_name, reference=reference, config=config)
+        summary = evaluate(run, db=db, name=result_name, reference=reference, config=config)
     info = summary.result
     if json:
         print_json({"result": info.name, "eval_run": info.eval_run, "metrics": info.metrics})
@@ -68,7 +68,7 @@ def score_command(
     Example: mldbg score pool
     """
     with user_errors():
-        from ml_debugger.core.evaluate import score
+        from ml_debugger.core.scoring import score
 
         summary = score(run, db=db, result=result, force=force)
     if json:

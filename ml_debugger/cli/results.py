@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json as _json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ml_debugger.cli._console import drop_and_report, out, print_json, table, user_errors
 from ml_debugger.cli._options import DbOption, JsonOption
+
+# Below this terminal width the table shows name, model, AUROC and Δ best only (all in --json).
+_WIDE = 120
 
 app = typer.Typer(
     help="List results (name, model/version, task, eval run, created, headline metrics); "
@@ -53,15 +56,20 @@ def results_command(ctx: typer.Context, db: DbOption = None, json: JsonOption = 
     if not rows:
         out.print("no results yet; fit one with `mldbg evaluate LABELLED_RUN`")
         return
-    cols = ["name", "model", "task", "eval run", "created", "accuracy", "AUROC", "best baseline"]
-    body = [
+    cols = ["name", "model", "task", "eval run", "created", "accuracy", "AUROC", "Δ best"]
+    body: list[tuple[Any, ...]] = [
         (r["name"], f"{r['model_name']}/{r['model_version']}", r["task"], r["eval_run"],
-         r["created"].strftime("%Y-%m-%d %H:%M"), f"{r['accuracy']:.1%}" if r["accuracy"] is not None else "–",
+         r["created"].strftime("%Y-%m-%d"), f"{r['accuracy']:.1%}" if r["accuracy"] is not None else "–",
          "–" if r["auroc"] is None else f"{r['auroc']:.4f}",
-         "–" if r["best_baseline_auroc"] is None else f"{r['best_baseline']} {r['best_baseline_auroc']:.4f}")
+         "–" if r["auroc"] is None or r["best_baseline_auroc"] is None
+         else f"{r['auroc'] - r['best_baseline_auroc']:+.4f}")
         for r in rows
     ]  # fmt: skip
-    out.print(table(None, cols, body, numeric=("accuracy", "AUROC")))
+    if out.width < _WIDE:  # keep the names whole on narrow terminals: fewer columns
+        keep = [0, 1, 6, 7]
+        cols, body = [cols[i] for i in keep], [tuple(row[i] for i in keep) for row in body]
+    out.print(table(None, cols, body, numeric=("accuracy", "AUROC", "Δ best"), no_wrap=("name", "created")))
+    out.print("Δ best: error_proba's AUROC minus the best baseline's, out-of-fold (details: mldbg show NAME)")
 
 
 @app.command("drop")

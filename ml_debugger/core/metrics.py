@@ -94,6 +94,26 @@ def detector_metrics(y: np.ndarray, score: np.ndarray, confident: np.ndarray | N
     return out
 
 
+def auroc_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, *, rounds: int = 200, seed: int = 0) -> dict:
+    """AUROC(a) − AUROC(b) on the same samples, with a paired bootstrap 95% interval.
+
+    The samples are resampled ``rounds`` times (stratified: errors and correct predictions
+    separately, so every resample has both); the interval is the 2.5–97.5 percentile range.
+    """
+    y = np.asarray(y, dtype=bool)
+    diff = None if auroc(y, a) is None else auroc(y, a) - auroc(y, b)  # type: ignore[operator]
+    if diff is None:
+        return {"difference": None, "lo": None, "hi": None, "rounds": 0}
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    draws = []
+    for _ in range(rounds):
+        idx = np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]
+        draws.append(auroc(y[idx], a[idx]) - auroc(y[idx], b[idx]))  # type: ignore[operator]
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return {"difference": float(diff), "lo": float(lo), "hi": float(hi), "rounds": rounds}
+
+
 # -- binomial bounds -----------------------------------------------------------------------
 def binom_cdf(x: np.ndarray, n: np.ndarray, p: float) -> np.ndarray:
     """P(X ≤ x) for X ~ Binomial(n, p), elementwise over integer arrays ``x`` and ``n``."""

@@ -29,6 +29,8 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
+    from ml_debugger.core.ivf import IVF
+
 # Floats of the similarity block held at once (queries × bank); 2**25 floats = 128 MiB.
 _BLOCK_FLOATS = 2**25
 # Keeps the trust-score ratio finite when a query coincides with a bank sample.
@@ -36,6 +38,8 @@ _EPS = 1e-6
 # Nearest samples per class averaged in ``class_ratio``. On the benchmarks' eval splits
 # (Fashion-MNIST, digits), 3-5 separated errors better than 1 (the plain Trust Score).
 CLASS_K = 5
+# Bank samples whose approximate leave-one-out distances form the OOD reference of an IVF bank.
+IVF_REFERENCE = 20_000
 
 
 @dataclass(frozen=True)
@@ -48,9 +52,36 @@ class Bank:
     k: int
     # The bank's own leave-one-out k-th-neighbour distances, sorted: the OOD reference.
     self_distances: torch.Tensor
+    # An inverted file for approximate search of large query sets (see ivf.py), and its probes.
+    ivf: IVF | None = None
+    probes: int = 32
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
+
+
+def with_ivf(bank: Bank, *, probes: int, lists: int | None = None, seed: int = 0) -> Bank:
+    """``bank`` with an inverted file, so ``knn_signals`` searches approximately.
+
+    The OOD reference is re-measured with the same approximate search (leave-one-out on up to
+    IVF_REFERENCE bank samples): approximate k-th distances run a little long, and comparing
+    them with exact ones would call everything an outlier.
+    """
+    from dataclasses import replace
+
+    import torch
+
+    from ml_debugger.core import ivf
+
+    index = ivf.build_ivf(bank.features, lists=lists or ivf.default_lists(len(bank)), seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(bank), generator=gen)[:IVF_REFERENCE]
+    found = ivf.search(
+        bank.features[pick], bank.features, bank.labels, bank.n_classes, index,
+        k=bank.k, class_k=CLASS_K, probes=probes, exclude=pick,
+    )  # fmt: skip
+    reference = torch.sort(_distance(found["kth_sim"])).values
+    return replace(bank, ivf=index, probes=probes, self_distances=reference)
 
 
 def normalize(features: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -126,6 +157,18 @@ def _search(queries: torch.Tensor, bank: Bank, *, exclude_self: bool) -> dict:
     k = min(bank.k, n - 1 if exclude_self else n)
     if k < 1:
         raise ValueError("the reference bank needs at least 2 samples")
+    if bank.ivf is not None and not exclude_self:
+        from ml_debugger.core import ivf
+
+        found = ivf.search(
+            queries, bank.features, bank.labels, bank.n_classes, bank.ivf, k=k, class_k=CLASS_K, probes=bank.probes
+        )
+        return {
+            "neighbor_labels": found["neighbor_labels"],
+            "knn_distance": _distance(found["kth_sim"]),
+            "class_distance": _distance(found["class_sim"]),
+            "class_distance_k": _distance(found["class_sim_k"]),
+        }
     chunk = max(16, _BLOCK_FLOATS // max(1, n))
     order = torch.argsort(bank.labels, stable=True)
     sorted_feats = bank.features[order]
@@ -134,13 +177,13 @@ def _search(queries: torch.Tensor, bank: Bank, *, exclude_self: bool) -> dict:
     kth = torch.empty(m)
     class_sim = torch.full((m, bank.n_classes), -2.0)
     class_sim_k = torch.full((m, bank.n_classes), -2.0)
+    inv = torch.empty_like(order)
+    inv[order] = torch.arange(n)
     for start in range(0, m, chunk):
         stop = min(m, start + chunk)
         sims = queries[start:stop] @ sorted_feats.T
         if exclude_self:
             # Row i of the chunk is bank sample start + i, now at position inv[start + i].
-            inv = torch.empty_like(order)
-            inv[order] = torch.arange(n)
             rows = torch.arange(stop - start)
             sims[rows, inv[start:stop]] = -3.0
         top = sims.topk(k, dim=1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from ml_debugger.core.metrics import detector_metrics, ece, wilson
+from ml_debugger.core.metrics import auroc_difference, detector_metrics, ece, wilson
 from ml_debugger.core.zones import ZONES
 
 # Baselines users get for free, as (column, sign): the score is sign × column, higher = "error".
@@ -92,6 +92,12 @@ def evaluation_metrics(frame: pl.DataFrame, classes: list[str], *, confident: fl
     y = frame["is_error"].to_numpy().astype(bool)
     dets = detectors(frame, confident=confident)
     best = best_baseline(dets)
+    versus = None
+    if best is not None:
+        col, sign = BASELINES[best[0]]
+        versus = auroc_difference(
+            y, frame["error_proba"].to_numpy().astype(np.float64), sign * frame[col].to_numpy().astype(np.float64)
+        )
     return {
         "samples": frame.height,
         "errors": int(y.sum()),
@@ -99,7 +105,7 @@ def evaluation_metrics(frame: pl.DataFrame, classes: list[str], *, confident: fl
         "confident_threshold": confident,
         "confident_samples": int((frame["confidence"] >= confident).sum()),
         "detectors": dets,
-        "best_baseline": {"name": best[0], "auroc": best[1]} if best else None,
+        "best_baseline": {"name": best[0], "auroc": best[1], "versus": versus} if best else None,
         "ece": ece(y, frame["error_proba"].to_numpy()),
         "zones": zone_table(frame, level=level),
         "classes": class_table(frame, classes),

@@ -47,7 +47,7 @@ def test_evaluate_prints_baselines_and_zones_and_names_the_result(scored: Path, 
     assert len(names) == 2 and all(NAME.match(n) for n in names)
     assert names[1] == names[0] + "_2"  # a second result the same day never collides
     r = runner.invoke(app, ["evaluate", "val", "--db", str(db), "--result-name", names[0]])
-    assert r.exit_code == 2 and "exists; choose another --result-name" in r.output
+    assert r.exit_code == 2 and "exists (or the name is empty); choose another --result-name" in r.output
 
 
 def test_result_metrics_are_out_of_fold_and_complete(scored: Path) -> None:
@@ -195,3 +195,28 @@ def test_injected_confusion_is_found_by_critical_hotspot(demo: DemoFiles, tmp_pa
     assert (critical["pred"] != critical["label"]).mean() >= 0.9  # what critical flags is wrong
     assert found["error_code"].str.starts_with("CLS3->8").all()
     assert found["error_code"].str.ends_with("**").mean() >= 0.8  # the neighbours vote for 3
+
+
+def test_streamed_batches_and_inverted_file_scoring(demo: DemoFiles, scored: Path, tmp_path: Path) -> None:
+    from ml_debugger.core.metrics import auroc
+    from ml_debugger.core.scoring import compute_scores
+
+    db = _copy(scored, tmp_path)
+    with Store(db) as store:
+        (name,) = store.result_names()
+        info, run = store.require_result(name), store.require_run("pool")
+        small = compute_scores(store, info, run, batch_rows=97).sort("sample_id")
+        whole = compute_scores(store, info, run).sort("sample_id")
+    assert small.equals(whole)  # batch boundaries change nothing
+    cfg = tmp_path / "ivf.yaml"
+    cfg.write_text("evaluate:\n  exact_max_pairs: 0\n")  # always the inverted file
+    r = runner.invoke(app, ["evaluate", "val", "--db", str(db), "--config", str(cfg), "--result-name", "ivf"])
+    assert r.exit_code == 0, r.output
+    assert runner.invoke(app, ["score", "pool", "--db", str(db), "--result", "ivf"]).exit_code == 0
+    truth = _pool_labels(demo)
+    with Store(db, read_only=True) as store:
+        a = store.read_scores(name, "pool").join(truth, on="sample_id")
+        b = store.read_scores("ivf", "pool").join(truth, on="sample_id")
+    y = (a["pred"] != a["true"]).to_numpy()
+    assert abs(auroc(y, a["error_proba"].to_numpy()) - auroc(y, b["error_proba"].to_numpy())) < 0.01
+    assert abs(float(a["ood_score"].mean()) - float(b["ood_score"].mean())) < 0.1  # type: ignore[arg-type]

@@ -164,6 +164,17 @@ class ResultsMixin(StoreBase):
         """Every cached (result, run) pair, newest first."""
         return self.con.sql("SELECT result, run, n, out_of_fold, scored FROM scored ORDER BY scored DESC").pl()
 
+    def read_zones(self, result: str, run: str) -> pl.DataFrame:
+        """Just (zone, is_error) of every scored sample: what zone tables need, cheap at 1M rows."""
+        return self.con.sql(
+            """SELECT c.zone, CASE WHEN s.label IS NULL THEN NULL ELSE o.pred <> s.label END AS is_error
+               FROM scores c
+               JOIN outputs o ON o.run = c.run AND o.sample_id = c.sample_id
+               JOIN samples s ON s.run = c.run AND s.sample_id = c.sample_id
+               WHERE c.result = $result AND c.run = $run""",
+            params={"result": result, "run": run},
+        ).pl()
+
     def read_scores(self, result: str, run: str) -> pl.DataFrame:
         """Scores of ``run`` under ``result`` joined with the samples and outputs, by sample_id."""
         return self.con.sql(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,9 @@ from ml_debugger.errors import NotFoundError
 
 if TYPE_CHECKING:
     import numpy as np
+
+# DuckDB's memory limit while features stream out (see ``iter_outputs``).
+STREAM_MEMORY_LIMIT = "512MB"
 
 
 @dataclass(frozen=True)
@@ -159,12 +163,13 @@ class RunsMixin(StoreBase):
             self._insert("outputs", outputs, run)
             self._insert("skipped", skipped, run)
 
-    def read_outputs(self, run: str) -> pl.DataFrame:
-        """Samples joined with their outputs, ordered by sample_id."""
+    def read_outputs(self, run: str, *, ordered: bool = True) -> pl.DataFrame:
+        """Samples joined with their outputs, ordered by sample_id (unless ``ordered=False``)."""
+        order = "ORDER BY s.sample_id" if ordered else ""
         return self.con.sql(
-            """SELECT s.sample_id, s.path, s.label, o.* EXCLUDE (run, sample_id)
+            f"""SELECT s.sample_id, s.path, s.label, o.* EXCLUDE (run, sample_id)
                FROM samples s JOIN outputs o ON o.run = s.run AND o.sample_id = s.sample_id
-               WHERE s.run = $run ORDER BY s.sample_id""",
+               WHERE s.run = $run {order}""",
             params={"run": run},
         ).pl()
 
@@ -180,6 +185,34 @@ class RunsMixin(StoreBase):
             params={"run": run},
         ).pl()
         return frame["sample_id"].to_list(), frame["feature"].to_numpy().astype(np.float32, copy=False)
+
+    def iter_outputs(self, run: str, dim: int, *, batch_rows: int) -> Iterator[tuple[pl.DataFrame, np.ndarray]]:
+        """Stream ``(outputs frame, features [rows, dim])`` of ``run`` in batches (no order).
+
+        The outputs (small rows) are read at once; the features are streamed through a cursor
+        and matched to them batch by batch, so no query ever holds every feature in memory.
+        """
+        import numpy as np
+
+        outputs = self.read_outputs(run, ordered=False)
+        # DuckDB keeps every block it reads cached up to its memory limit (80% of RAM): streaming
+        # 2 GB of features would keep 2 GB resident. A small limit while streaming keeps it flat.
+        limit = self._one("SELECT current_setting('memory_limit')")
+        self.con.execute(f"SET memory_limit = '{STREAM_MEMORY_LIMIT}'")
+        cur = self.con.cursor()
+        try:
+            rel = cur.sql(f"SELECT sample_id, feature FROM features_{int(dim)} WHERE run = $run", params={"run": run})
+            with rel.to_arrow_reader(batch_size=batch_rows) as reader:
+                for batch in reader:
+                    feats = pl.DataFrame(pl.from_arrow(batch))
+                    # Every column of an imported Arrow batch keeps the whole batch alive, so the
+                    # frame takes its columns from `outputs` and the features are copied out.
+                    order = feats.select("sample_id").with_row_index("_i")
+                    frame = outputs.join(order, on="sample_id").sort("_i").drop("_i")
+                    yield frame, np.array(feats["feature"].to_numpy(), dtype=np.float32)
+        finally:
+            cur.close()
+            self.con.execute(f"SET memory_limit = '{limit}'")
 
     def read_skipped(self, run: str) -> pl.DataFrame:
         return self.con.sql(
