@@ -80,12 +80,12 @@ def status(message: str) -> None:
 
 
 def drop_and_report(kind: str, name: str, db: str | None, json: bool) -> None:
-    """Delete a run or a result (``kind``) in the store and say so (or print JSON)."""
+    """Delete a run, result or selection (``kind``) in the store and say so (or print JSON)."""
     with user_errors():
         from ml_debugger.core.store import Store
 
         with Store(db) as store:
-            (store.drop_run if kind == "run" else store.drop_result)(name)
+            {"run": store.drop_run, "result": store.drop_result, "selection": store.drop_selection}[kind](name)
             path = store.path
     if json:
         print_json({"dropped": name, "kind": kind, "db": str(path)})

@@ -1,4 +1,4 @@
-"""``mldbg demo [DIR]``: build real digits data and a small model, extract, evaluate and score them."""
+"""``mldbg demo [DIR]``: real digits and a small model, through extract, evaluate, score, query, export."""
 
 from __future__ import annotations
 
@@ -19,18 +19,20 @@ def demo_command(
     stability: Annotated[int, opt(help="Perturbed copies per pool sample.")] = 4,
     json: JsonOption = False,
 ) -> None:
-    """Build a demo from scikit-learn's real digits, then extract, evaluate and score it.
+    """Build a demo from scikit-learn's real digits and run the whole flow on it.
 
     Writes class folders (train, val), an unlabelled pool, a small CNN (model.pt2) trained in
-    seconds, and DIR/mldbg.duckdb with the runs `val` and `pool`, a result fitted on `val`
-    and the pool's scores.
+    seconds, and DIR/mldbg.duckdb with the runs `val` and `pool`, a result fitted on `val`, the
+    pool's scores, a selection of hotspots to label, and its manifest DIR/to_label.csv.
 
     Example: mldbg demo mldbg-demo && cd mldbg-demo && mldbg runs
     """
     with user_errors():
         from ml_debugger.core.demo import MODEL_NAME, PREPROCESS, build_demo
         from ml_debugger.core.evaluate import evaluate
+        from ml_debugger.core.export import export
         from ml_debugger.core.extract import ExtractRequest, extract
+        from ml_debugger.core.query import QuerySpec, run_query
         from ml_debugger.core.scoring import score
         from ml_debugger.core.stability import StabilityConfig
         from ml_debugger.core.store import Store
@@ -61,6 +63,10 @@ def demo_command(
         status("evaluating val (error model, zones) …")
         result = evaluate("val", db=db, config=directory / "evaluate.yaml").result
         scored = score("pool", db=db, result=result.name)
+        status("selecting hotspots and critical hotspots to label …")
+        answer = run_query(QuerySpec(zones=["hotspot", "critical_hotspot"], n=50), db=db, run="pool")
+        manifest = directory / "to_label.csv"
+        exported = export(answer.selection, db=db, fmt="csv", out=str(manifest)) if answer.selection else None
     if json:
         print_json(
             {
@@ -69,6 +75,8 @@ def demo_command(
                 "result": result.name,
                 "metrics": result.metrics,
                 "pool_zones": scored.zones,
+                "selection": answer.selection,
+                "manifest": str(manifest) if exported else None,
             }
         )
         return
@@ -81,4 +89,9 @@ def demo_command(
     if line:
         out.print(line)
     out.print(zone_table(scored.zones, "zones of the unlabelled pool"))
-    out.print(f"next: cd {directory} && mldbg show {result.name}")
+    if exported:
+        out.print(
+            f"selected {exported.rows} hotspot/critical_hotspot pool images as {exported.selection}; "
+            f"manifest for labelers: [bold]{manifest}[/bold]"
+        )
+    out.print(f"next: cd {directory} && mldbg show {result.name} && mldbg selections")

@@ -12,6 +12,7 @@ from ml_debugger.core.store._base import DB_ENV, DEFAULT_DB, resolve_db_path
 from ml_debugger.core.store._results import ResultInfo, ResultsMixin
 from ml_debugger.core.store._runs import RunInfo, RunsMixin
 from ml_debugger.core.store._schema import MIGRATIONS, SCHEMA_VERSION
+from ml_debugger.core.store._selections import SelectionsMixin
 from ml_debugger.errors import UsageError
 
 __all__ = [
@@ -26,7 +27,7 @@ __all__ = [
 ]
 
 
-class Store(RunsMixin, ResultsMixin):
+class Store(RunsMixin, ResultsMixin, SelectionsMixin):
     """An open mldbg database.
 
     Parameters

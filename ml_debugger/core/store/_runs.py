@@ -97,6 +97,10 @@ class RunsMixin(StoreBase):
         """Delete a run and everything stored for it, in one transaction."""
         run = self.require_run(name)
         with self.transaction() as con:
+            con.execute(
+                "DELETE FROM selection_items WHERE selection IN (SELECT id FROM selections WHERE run = ?)", [run.name]
+            )
+            con.execute("DELETE FROM selections WHERE run = ?", [run.name])
             for table in ("outputs", "samples", "skipped", "scores", "scored", *self._feature_tables()):
                 con.execute(f"DELETE FROM {table} WHERE run = ?", [run.name])
             con.execute("DELETE FROM runs WHERE name = ?", [run.name])
@@ -213,6 +217,22 @@ class RunsMixin(StoreBase):
         finally:
             cur.close()
             self.con.execute(f"SET memory_limit = '{limit}'")
+
+    def features_of(self, run: str, dim: int, sample_ids: pl.Series) -> np.ndarray:
+        """Features ``[len(sample_ids), dim]`` of just these samples, in their order."""
+        import numpy as np
+
+        wanted = pl.DataFrame({"sample_id": sample_ids}).with_row_index("_i").to_arrow()
+        self.con.register("_mldbg_ids", wanted)
+        try:
+            frame = self.con.sql(
+                f"""SELECT w._i, f.feature FROM _mldbg_ids w
+                    JOIN features_{int(dim)} f ON f.sample_id = w.sample_id AND f.run = $run ORDER BY w._i""",
+                params={"run": run},
+            ).pl()
+        finally:
+            self.con.unregister("_mldbg_ids")
+        return np.array(frame["feature"].to_numpy(), dtype=np.float32)
 
     def read_skipped(self, run: str) -> pl.DataFrame:
         return self.con.sql(

@@ -13,6 +13,8 @@ results   one row per fitted evaluation: identity, config, thresholds, fitted er
 result_arrays (result, name, data DOUBLE[])        larger fitted arrays of a result
 scores    (result, run, sample_id, error_proba, ood_score, zone, error_code, kNN signals)
 scored    (result, run, n, out_of_fold, scored)     which (result, run) pairs are cached
+selections       (id "sel-N", seq, run, result, strategy JSON, n, created)
+selection_items  (selection, rank, sample_id)        the ordered answer of a query
 
 ``(run, sample_id)`` is unique by construction (an extraction commits whole batches and skips
 ids already stored), not by a PRIMARY KEY: DuckDB rewrites an ART index at every checkpoint,
@@ -139,6 +141,33 @@ def _m3_results(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def _m4_selections(con: duckdb.DuckDBPyConnection) -> None:
+    # Query: saved selections (labeling rounds) keep their strategy and their order.
+    con.execute(
+        """
+        CREATE TABLE IF NOT EXISTS selections (
+            id VARCHAR PRIMARY KEY,
+            seq INTEGER NOT NULL,
+            run VARCHAR NOT NULL,
+            result VARCHAR NOT NULL,
+            strategy VARCHAR NOT NULL,
+            n INTEGER NOT NULL,
+            created TIMESTAMP NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS selection_items (
+            selection VARCHAR NOT NULL,
+            rank INTEGER NOT NULL,
+            sample_id VARCHAR NOT NULL
+        );
+        """
+    )
+
+
 # MIGRATIONS[i] brings a file from schema i to schema i + 1. Append, never edit.
-MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [_m1_base, _m2_checkpoint, _m3_results]
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
+    _m1_base,
+    _m2_checkpoint,
+    _m3_results,
+    _m4_selections,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
