@@ -149,7 +149,23 @@ def run_dataset(name: str, setup: dict, k: int) -> dict:
         _, feats = store.read_features("pool")
         ratio = load_scorer(store, result).score_frame(outputs, feats).select("sample_id", "class_ratio")
     scores = scores.join(ratio, on="sample_id")
-    return pool_report(name, result, scores, setup["labels"], seconds=(t1 - t0, t2 - t1, t3 - t2))
+    report = pool_report(name, result, scores, setup["labels"], seconds=(t1 - t0, t2 - t1, t3 - t2))
+    # the same with fixed zone thresholds (configs/default.yaml's numbers as they are), to compare
+    fixed_cfg = CACHE / "zones_fixed.yaml"
+    fixed_cfg.write_text("zones:\n  mode: fixed\n")
+    fixed = evaluate("val", db=db, config=fixed_cfg, name="fixed").result
+    score("pool", db=db, result="fixed")
+    with Store(db, read_only=True) as store:
+        fixed_scores = store.read_scores("fixed", "pool").drop("label").join(setup["labels"], on="sample_id")
+    stable = fixed_scores.filter(pl.col("zone") == "stable_coverage")
+    wrong = int((stable["pred"].cast(pl.Int64) != stable["true"]).sum())
+    report["fixed_stable_coverage"] = {
+        "stable_error_proba": fixed.thresholds["global"]["stable_error_proba"],
+        "count": stable.height,
+        "errors": wrong,
+        "observed": wrong / stable.height if stable.height else None,
+    }
+    return report
 
 
 def pool_report(name: str, result, scores: pl.DataFrame, labels: pl.DataFrame, seconds: tuple) -> dict:
@@ -229,6 +245,14 @@ def print_report(r: dict) -> None:
         )
     else:
         print(f"stable_coverage: empty (no cut-off could promise ≤ {s['target']:.1%} on the eval split)")
+    f = r["fixed_stable_coverage"]
+    if f["count"]:
+        print(
+            f"  (fixed mode, stable_error_proba ≤ {f['stable_error_proba']}: {f['count']:,} samples, "
+            f"{f['errors']} errors, observed {f['observed']:.2%}; no promise attached)"
+        )
+    else:
+        print(f"  (fixed mode, stable_error_proba ≤ {f['stable_error_proba']}: empty)")
     o = r["outside_coverage"]
     print(
         f"outside the coverage zones: {o['share_of_errors']:.1%} of the pool's errors "

@@ -220,3 +220,22 @@ def test_streamed_batches_and_inverted_file_scoring(demo: DemoFiles, scored: Pat
     y = (a["pred"] != a["true"]).to_numpy()
     assert abs(auroc(y, a["error_proba"].to_numpy()) - auroc(y, b["error_proba"].to_numpy())) < 0.01
     assert abs(float(a["ood_score"].mean()) - float(b["ood_score"].mean())) < 0.1  # type: ignore[arg-type]
+
+
+def test_reference_run_as_the_knn_bank(demo: DemoFiles, scored: Path, tmp_path: Path) -> None:
+    db = _copy(scored, tmp_path)
+    r = runner.invoke(app, ["extract", str(demo.train), "--model", str(demo.model), "--model-name", "digits",
+                            "--name", "train", "--db", str(db), "--workers", "0", *PRE_FLAGS])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["evaluate", "val", "--reference", "train", "--result-name", "bank", "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    assert runner.invoke(app, ["score", "pool", "--result", "bank", "--db", str(db)]).exit_code == 0
+    with Store(db, read_only=True) as store:
+        info = store.require_result("bank")
+        pool = store.read_scores("bank", "pool")
+    assert info.reference_run == "train" and info.eval_run == "val"
+    assert pool["error_proba"].is_between(0, 1).all() and pool.height > 500
+    r = runner.invoke(app, ["runs", "drop", "train", "--db", str(db)])
+    assert r.exit_code == 2 and "bank" in r.output  # the bank cannot vanish under the result
+    r = runner.invoke(app, ["evaluate", "val", "--reference", "pool", "--db", str(db)])
+    assert r.exit_code == 2 and "--reference 'pool' is not labelled" in r.output
