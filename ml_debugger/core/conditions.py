@@ -58,7 +58,7 @@ class Condition:
             ">": col > self.value,
             "<": col < self.value,
         }
-        return ops[self.op].fill_null(False)
+        return ops[self.op]  # null compares to null, which a filter drops
 
     def __str__(self) -> str:
         value = f"{self.value:g}" if isinstance(self.value, float) else self.value
@@ -136,10 +136,14 @@ def parse_zones(text: str | list[str] | None) -> list[str]:
 
 
 def filter_expr(zones: list[str], conditions: list[Condition]) -> pl.Expr:
-    """Rows in any of ``zones`` (all when empty) that meet every condition."""
-    expr = pl.lit(True)
-    if zones:
-        expr = expr & pl.col("zone").is_in(zones)
-    for c in conditions:
-        expr = expr & c.expr()
-    return expr
+    """Rows in any of ``zones`` (all when empty) that meet every condition (null fails).
+
+    Plain comparisons joined by ``&``, so a lazy scan can push them down into DuckDB.
+    """
+    parts = ([pl.col("zone").is_in(zones)] if zones else []) + [c.expr() for c in conditions]
+    if not parts:
+        return pl.lit(True)
+    expr = parts[0]
+    for p in parts[1:]:
+        expr = expr & p
+    return expr  # a filter keeps only rows where this is true: null (a missing value) fails

@@ -8,7 +8,6 @@ manifest; ``--copy-to`` copies (or links) the images themselves, keeping relativ
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -54,7 +53,7 @@ def load_manifest(store: Store, selection: str | None) -> Manifest:
     sel = store.require_selection(selection)
     classes = store.require_run(sel["run"]).classes
     items = store.selection_items(sel["id"])
-    scores = candidates(store, sel["result"], sel["run"], classes)
+    scores = candidates(store, sel["result"], sel["run"], classes, selection=sel["id"]).collect().drop("rank")
     rows = items.join(scores, on="sample_id", how="left", maintain_order="left").with_columns(
         pl.lit(sel["run"]).alias("run"), pl.lit(sel["result"]).alias("result"), pl.lit(sel["id"]).alias("selection")
     )
@@ -74,25 +73,18 @@ def load_manifest(store: Store, selection: str | None) -> Manifest:
     return Manifest(header, rows)
 
 
-def _records(rows: pl.DataFrame) -> list[dict[str, Any]]:
-    return rows.to_dicts()
-
-
 def write_csv(m: Manifest, fh: IO[str], url_prefix: str | None) -> None:
-    writer = csv.writer(fh, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for r in m.rows.iter_rows():
-        writer.writerow("" if v is None else v for v in r)
+    fh.write(m.rows.write_csv())
 
 
 def write_json(m: Manifest, fh: IO[str], url_prefix: str | None) -> None:
-    json.dump({**m.header, "items": _records(m.rows)}, fh, indent=1, default=str)
-    fh.write("\n")
+    """The header's keys, then ``items``: one object per row (Polars writes the rows)."""
+    head = json.dumps(m.header, default=str)
+    fh.write(head[:-1] + ', "items": ' + m.rows.write_json() + "}\n")
 
 
 def write_jsonl(m: Manifest, fh: IO[str], url_prefix: str | None) -> None:
-    for r in _records(m.rows):
-        fh.write(json.dumps(r, default=str) + "\n")
+    fh.write(m.rows.write_ndjson())
 
 
 def write_labelstudio(m: Manifest, fh: IO[str], url_prefix: str | None) -> None:
@@ -102,27 +94,20 @@ def write_labelstudio(m: Manifest, fh: IO[str], url_prefix: str | None) -> None:
     The labeling config these fit: ``<Image name="image" value="$image"/>`` and
     ``<Choices name="choice" toName="image">`` with the class names.
     """
-    tasks = []
-    for r in _records(m.rows):
-        image = f"{url_prefix}{r['sample_id']}" if url_prefix is not None else r["path"]
-        task: dict[str, Any] = {
-            "data": {"image": image, "sample_id": r["sample_id"]},
-            "meta": {k: r[k] for k in ("rank", "zone", "error_proba", "confidence", "error_code", "run", "result")},
-        }
-        if r["predicted"] is not None:
-            task["predictions"] = [
-                {
-                    "model_version": r["result"],
-                    "score": r["error_proba"],
-                    "result": [
-                        {"from_name": "choice", "to_name": "image", "type": "choices",
-                         "value": {"choices": [r["predicted"]]}}
-                    ],
-                }
-            ]  # fmt: skip
-        tasks.append(task)
-    json.dump(tasks, fh, indent=1, default=str)
-    fh.write("\n")
+    image = pl.lit(url_prefix) + pl.col("sample_id") if url_prefix is not None else pl.col("path")
+    choice = pl.struct(
+        from_name=pl.lit("choice"),
+        to_name=pl.lit("image"),
+        type=pl.lit("choices"),
+        value=pl.struct(choices=pl.concat_list(pl.col("predicted"))),
+    )
+    prediction = pl.struct(model_version=pl.col("result"), score=pl.col("error_proba"), result=pl.concat_list(choice))
+    tasks = m.rows.select(
+        pl.struct(image=image, sample_id=pl.col("sample_id")).alias("data"),
+        pl.concat_list(prediction).alias("predictions"),
+        pl.struct(pl.col("rank", "zone", "error_proba", "confidence", "error_code", "run", "result")).alias("meta"),
+    )
+    fh.write(tasks.write_json() + "\n")
 
 
 WRITERS: dict[str, Callable[[Manifest, IO[str], str | None], None]] = {

@@ -21,7 +21,7 @@ from ml_debugger.errors import UsageError
 def pool(scored: Path) -> tuple[pl.DataFrame, object]:
     with Store(scored, read_only=True) as store:
         (name,) = store.result_names()
-        frame = candidates(store, name, "pool", store.require_run("pool").classes)
+        frame = candidates(store, name, "pool", store.require_run("pool").classes).collect()
         ids, feats = store.read_features("pool")
     index = {s: i for i, s in enumerate(ids)}
 

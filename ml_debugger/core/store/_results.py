@@ -175,6 +175,39 @@ class ResultsMixin(StoreBase):
             params={"result": result, "run": run},
         ).pl()
 
+    def scan_scores(
+        self, result: str, run: str, zones: list[str] | None = None, selection: str | None = None
+    ) -> pl.LazyFrame:
+        """A lazy frame of what queries filter on (no probability lists), for ``run`` under ``result``.
+
+        ``zones`` (validated names, bound as a parameter) are filtered inside DuckDB, before the
+        joins; Polars filters on the lazy frame are pushed down into DuckDB's scan where they
+        can be. With ``selection``, only its samples, with their ``rank``. Collect it while the
+        store is open.
+        """
+        zone_filter = "AND list_contains($zones, c.zone)" if zones else ""
+        params: dict[str, Any] = {"result": result, "run": run}
+        if zones:
+            params["zones"] = list(zones)
+        picked, rank = "", ""
+        if selection is not None:
+            picked = "JOIN selection_items i ON i.sample_id = c.sample_id AND i.selection = $selection"
+            rank = "i.rank, "
+            params["selection"] = selection
+        rel = self.con.sql(
+            f"""SELECT {rank}s.sample_id, s.path, s.label, o.pred, o.confidence, o.margin, o.entropy, o.energy,
+                       o.stability, o.flip_rate, o.perturbed_confidence, o.feature_norm,
+                       c.error_proba, c.ood_score, c.zone, c.error_code, c.knn_disagree, c.trust_score,
+                       c.knn_distance, c.knn_vote
+                FROM scores c
+                JOIN samples s ON s.run = c.run AND s.sample_id = c.sample_id
+                JOIN outputs o ON o.run = c.run AND o.sample_id = c.sample_id
+                {picked}
+                WHERE c.result = $result AND c.run = $run {zone_filter}""",
+            params=params,
+        )
+        return rel.pl(lazy=True)
+
     def read_scores(self, result: str, run: str) -> pl.DataFrame:
         """Scores of ``run`` under ``result`` joined with the samples and outputs, by sample_id."""
         return self.con.sql(
