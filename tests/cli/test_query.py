@@ -145,3 +145,18 @@ def test_query_scores_a_run_lazily_and_says_when_nothing_is_scored(db: Path, tmp
     Store(empty).close()
     r = runner.invoke(app, ["query", "--db", str(empty)])
     assert r.exit_code == 2 and "no scored runs yet" in r.output and "mldbg score" in r.output
+
+
+def test_copy_refuses_sample_ids_that_leave_the_folder(tmp_path: Path) -> None:
+    import polars as pl
+
+    from ml_debugger.core.export import copy_images
+    from ml_debugger.errors import UsageError
+
+    src = tmp_path / "a.png"
+    src.write_bytes(b"x")
+    rows = pl.DataFrame({"sample_id": ["ok/a.png", "../../etc/evil.png"], "path": [str(src), str(src)]})
+    dest = tmp_path / "drop"
+    with pytest.raises(UsageError, match="outside"):
+        copy_images(rows, dest)
+    assert not dest.exists() or not any(dest.rglob("*.png"))  # nothing copied before the check failed
