@@ -1,0 +1,11 @@
+"""The supported Python API for real-time filtering (the import path users know).
+
+>>> from ml_debugger.data_filter import ClassificationDataFilter, FilterConfig  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from ml_debugger.filters.classification import ClassificationDataFilter
+from ml_debugger.filters.config import FilterConfig
+
+__all__ = ["ClassificationDataFilter", "FilterConfig"]

@@ -1,0 +1,1 @@
+"""Real-time filters: score samples during inference with a fitted result."""

@@ -1,0 +1,251 @@
+"""``ClassificationDataFilter``: flag samples in real time, inside your own inference loop.
+
+The filter wraps your ``nn.Module``: each call runs the model once, returns its output
+unchanged, and scores the batch with a fitted result (the same ``Scorer`` that ``mldbg score``
+uses, so the real-time error_proba equals the batch path's), giving one flag per input.
+
+Thread safety: one filter may be called from several threads; calls are serialised (the
+feature hook keeps one capture per filter), so each call's flags and ``last`` belong to that
+call. For parallel throughput, build one filter per thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+from torch import nn
+
+from ml_debugger.core.models import pool_features
+from ml_debugger.core.scoring import Scorer, load_scorer
+from ml_debugger.core.signals import softmax_signals
+from ml_debugger.core.store import ResultInfo, Store
+from ml_debugger.core.writer import RawBatch, batch_frames
+from ml_debugger.errors import ModelError, UsageError
+from ml_debugger.filters.config import FilterConfig
+
+TASK = "classification"
+# What ``last`` holds for each input of the latest call.
+LAST_COLUMNS = ("input_ids", "error_proba", "zone", "confidence", "predicted", "ood_score")
+
+
+def find_result(store: Store, task: str, model_name: str, version_name: str, result_name: str | None) -> ResultInfo:
+    """``result_name``, or the newest result of this task and model version; checked."""
+    if result_name is not None:
+        info = store.require_result(result_name)
+    else:
+        found = store.matching_results(task, model_name, version_name)
+        if not found:
+            raise UsageError(
+                f"no {task} result for model {model_name}/{version_name} in {store.path}; "
+                "fit one with `mldbg evaluate LABELLED_RUN` (runs extracted with --model-name "
+                f"{model_name} --model-version {version_name})"
+            )
+        info = found[0]
+    if info.task != task or (info.model_name, info.model_version) != (model_name, version_name):
+        raise UsageError(
+            f"result {info.name} is a {info.task} result of {info.model_name}/{info.model_version}, "
+            f"not {task} of {model_name}/{version_name}"
+        )
+    return info
+
+
+class ClassificationDataFilter:
+    """Score each batch with a fitted result and flag the samples worth collecting.
+
+    Parameters
+    ----------
+    model
+        Your classification ``nn.Module`` (logits ``[B, C]``, or ``(logits, features)``).
+    model_name, version_name
+        The names its runs were extracted under (``--model-name``, ``--model-version``).
+    result_name
+        A result (``mldbg results``); None = the newest result of this model version.
+    filter_config
+        ``{"target_zones": [...], "conditions": [...]}`` or a ``FilterConfig``; None = no flags
+        (every flag is None), only scores in ``last``.
+    target_layers
+        The module whose output is the feature (a name, or a one-name list); default: the layer
+        the result's runs were extracted from (the input of the last ``nn.Linear``).
+    db
+        The mldbg database (default ``./mldbg.duckdb`` or ``$MLDBG_DB``); read once, then closed.
+    device
+        Move the model there first (``"cpu"``, ``"cuda"``); default: leave it where it is.
+
+    Examples
+    --------
+    >>> f = ClassificationDataFilter(net, model_name="digits", version_name="v1",  # doctest: +SKIP
+    ...                              filter_config={"target_zones": ["critical_hotspot"]})
+    >>> output, flags = f(images, input_ids=ids)  # doctest: +SKIP
+    >>> f.last  # input_ids, error_proba, zone, confidence, predicted, ood_score  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        model_name: str,
+        version_name: str,
+        result_name: str | None = None,
+        filter_config: FilterConfig | dict[str, Any] | None = None,
+        target_layers: str | list[str] | None = None,
+        db: str | Path | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise UsageError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        self.config = FilterConfig.from_value(filter_config) if filter_config is not None else None
+        self.db = db
+        with Store(db, read_only=True) as store:
+            self.result = find_result(store, TASK, model_name, version_name, result_name)
+            if self.result.stability:
+                raise UsageError(
+                    f"result {self.result.name} was fitted with --stability signals, which real time does not "
+                    "compute; evaluate a run extracted without --stability for real-time use"
+                )
+            layer = store.require_run(self.result.eval_run).feature_layer
+            self.scorer: Scorer = load_scorer(store, self.result)
+        self.model = model.to(device) if device is not None else model
+        self.model_name, self.version_name = model_name, version_name
+        self.last: pl.DataFrame | None = None
+        self._lock = threading.Lock()
+        self._counter = itertools.count()
+        self._capture: dict[str, torch.Tensor] = {}
+        self._layer = self._hook(target_layers, layer)
+
+    # -- feature capture ------------------------------------------------------------------
+    def _hook(self, target_layers: str | list[str] | None, fitted_layer: str | None) -> str:
+        names = dict(self.model.named_modules())
+        if isinstance(target_layers, list):
+            if len(target_layers) != 1:
+                raise UsageError(f"target_layers takes one layer name, got {len(target_layers)}")
+            target_layers = target_layers[0]
+        if target_layers is not None:
+            if target_layers not in names or not target_layers:
+                raise ModelError(f"unknown layer {target_layers!r}; modules: {', '.join(n for n in names if n)}")
+            names[target_layers].register_forward_hook(lambda _m, _i, out: self._capture.__setitem__("f", out))
+            return target_layers
+        if fitted_layer == "returned by the model":
+            return fitted_layer
+        name = (fitted_layer or "").removesuffix(" (input)")
+        if name not in names or not isinstance(names[name], nn.Linear):
+            linears = [n for n, m in names.items() if isinstance(m, nn.Linear)]
+            if not linears:
+                raise ModelError("the model has no nn.Linear to take features from; pass target_layers=NAME")
+            name = linears[-1]
+        names[name].register_forward_pre_hook(lambda _m, inp: self._capture.__setitem__("f", inp[0]))
+        return f"{name} (input)"
+
+    def _model_device(self) -> torch.device | None:
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else None
+
+    # -- the call -----------------------------------------------------------------------------
+    def __call__(self, x: torch.Tensor, input_ids: list[Any] | None = None) -> tuple[Any, list[bool | None]]:
+        """Run the model on ``x`` and score it: ``(model output unchanged, one flag per input)``.
+
+        ``input_ids`` name the inputs in ``last`` (default: a running counter). Inputs on another
+        device than the model are moved to the model's device.
+        """
+        n = int(x.shape[0])
+        if input_ids is None:
+            input_ids = [next(self._counter) for _ in range(n)]
+        if len(input_ids) != n:
+            raise UsageError(f"input_ids has {len(input_ids)} entries for a batch of {n}; give one id per input")
+        dev = self._model_device()
+        if dev is not None and x.device != dev:
+            x = x.to(dev)
+        with self._lock:
+            self._capture.clear()
+            out = self.model(x)
+            feats = self._capture.get("f")
+            self._capture.clear()
+        logits = out
+        if isinstance(out, (tuple, list)) and len(out) == 2:
+            logits, own = out
+            feats = own if feats is None or self._layer == "returned by the model" else feats
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != n:
+            raise ModelError(f"the model returned {type(logits).__name__} for a batch of {n}; need logits [B, C]")
+        if feats is None:
+            raise ModelError("no features were captured; pass target_layers=NAME or return (logits, features)")
+        scored = self._score(logits, feats, [str(i) for i in input_ids])
+        self.last = scored.select(
+            pl.Series("input_ids", list(input_ids)), "error_proba", "zone", "confidence", "predicted", "ood_score"
+        )
+        if self.config is None:
+            return out, [None] * n
+        return out, [bool(v) for v in scored.select(self.config.expr().fill_null(False)).to_series()]
+
+    def _score(self, logits: torch.Tensor, feats: torch.Tensor, ids: list[str]) -> pl.DataFrame:
+        with torch.no_grad():
+            f = pool_features(feats.detach()).float().cpu()
+            if f.shape[1] != (self.result.feature_dim or 0):
+                raise ModelError(
+                    f"the hooked layer {self._layer!r} gives {f.shape[1]} features, but result {self.result.name} "
+                    f"was fitted on {self.result.feature_dim}; pass the right target_layers"
+                )
+            if logits.shape[1] != len(self.result.classes):
+                raise ModelError(
+                    f"the model gives {logits.shape[1]} classes, result {self.result.name} has "
+                    f"{len(self.result.classes)}"
+                )
+            raw = RawBatch(ids=ids, paths=ids, labels=[None] * len(ids),
+                           signals=softmax_signals(logits.detach().float().cpu()), features=f)  # fmt: skip
+        frames = batch_frames(raw)
+        frame = frames["samples"].join(frames["outputs"], on="sample_id", maintain_order="left")
+        scored = self.scorer.score_frame(frame, frames["features"])
+        names = pl.Series(self.result.classes, dtype=pl.String)
+        return scored.with_columns(
+            pl.col("pred").replace_strict(list(range(len(names))), names, default=None).alias("predicted")
+        )
+
+    # -- querying the store ---------------------------------------------------------------
+    def query(self, n_data: int, strategy: str | dict[str, Any] = "high_error_proba", run: str | None = None) -> list:
+        """Select ``n_data`` sample ids of a run with this filter's result, saved as a selection.
+
+        ``strategy`` is a name (``"high_error_proba"``, ``"low_error_proba"``, ``"random"``,
+        ``"diverse"``, ``"class_balanced"``) or a dict with ``target_zones``, ``conditions`` and
+        options (``strategy``, ``min_value``, ``max_value``, ``seed``, ``min_per_class``). ``run``
+        defaults to the newest run of this model version. The same code as `mldbg query`.
+        """
+        from ml_debugger.core.query import run_query
+
+        spec = _spec(n_data, strategy)
+        if run is None:
+            with Store(self.db, read_only=True) as store:
+                runs = store.list_runs().filter(
+                    (pl.col("model_name") == self.model_name) & (pl.col("model_version") == self.version_name)
+                )
+            if runs.height == 0:
+                raise UsageError(f"no runs of {self.model_name}/{self.version_name} to query; extract one first")
+            run = str(runs["name"][-1])
+        answer = run_query(spec, db=self.db, run=run, result=self.result.name)
+        return answer.rows["sample_id"].to_list()
+
+
+_SPEC_KEYS = ("strategy", "target_zones", "conditions", "min_value", "max_value", "seed", "min_per_class")
+
+
+def _spec(n_data: int, strategy: str | dict[str, Any]) -> Any:
+    from ml_debugger.core.query import QuerySpec
+
+    if isinstance(strategy, str):
+        return QuerySpec(strategy=strategy, n=n_data)
+    if not isinstance(strategy, dict):
+        raise UsageError(f"strategy must be a name or a dict, not {type(strategy).__name__}")
+    unknown = sorted(set(strategy) - set(_SPEC_KEYS))
+    if unknown:
+        raise UsageError(f"strategy has unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(_SPEC_KEYS)}")
+    return QuerySpec(
+        strategy=strategy.get("strategy", "high_error_proba"),
+        n=n_data,
+        zones=list(strategy.get("target_zones") or []),
+        conditions=list(strategy.get("conditions") or []),
+        min_value=strategy.get("min_value"),
+        max_value=strategy.get("max_value"),
+        seed=int(strategy.get("seed", 0)),
+        min_per_class=strategy.get("min_per_class"),
+    )

@@ -1,0 +1,132 @@
+"""ClassificationDataFilter on real digits: real time equals the batch path, flags, errors, threads."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+from ml_debugger.core.demo import PREPROCESS, DemoFiles, DigitsNet
+from ml_debugger.core.evaluate import evaluate
+from ml_debugger.core.extract import ExtractRequest, extract
+from ml_debugger.core.images import load_image
+from ml_debugger.core.scoring import score
+from ml_debugger.core.store import Store
+from ml_debugger.data_filter import ClassificationDataFilter, FilterConfig
+from ml_debugger.errors import MldbgError
+from tests.conftest import PRE_KW, Models
+
+ZONES = ["critical_hotspot", "hotspot", "recessive_hotspot", "aleatoric_hotspot"]
+
+
+@pytest.fixture(scope="module")
+def live(demo: DemoFiles, models: Models, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DigitsNet]:
+    """A result fitted without stability on runs of the factory model, the pool scored."""
+    db = tmp_path_factory.mktemp("live") / "mldbg.duckdb"
+    common = dict(model=models.factory, weights=str(models.weights), model_name="digits", workers=0, **PRE_KW)
+    extract(ExtractRequest(dataset=str(demo.val), name="val", **common), db=db)  # type: ignore[arg-type]
+    extract(ExtractRequest(dataset=str(demo.pool), name="pool", classes_file=str(demo.classes), **common), db=db)  # type: ignore[arg-type]
+    evaluate("val", db=db)
+    score("pool", db=db)
+    net = DigitsNet()
+    net.load_state_dict(torch.load(models.weights, weights_only=True))
+    return db, net.eval()
+
+
+def _pool(demo: DemoFiles) -> tuple[torch.Tensor, list[str]]:
+    paths = sorted(demo.pool.glob("*.png"))
+    return torch.stack([load_image(str(p), PREPROCESS) for p in paths]), [p.name for p in paths]
+
+
+def test_real_time_scores_equal_the_batch_path(live, demo: DemoFiles) -> None:
+    db, net = live
+    f = ClassificationDataFilter(net, model_name="digits", version_name="v1", filter_config={"target_zones": ZONES},
+                                 db=db)  # fmt: skip
+    x, ids = _pool(demo)
+    with torch.no_grad():
+        ref = net(x)
+    outs, flags, lasts = [], [], []
+    for s in range(0, len(ids), 100):  # in batches, as an inference loop would
+        out, fl = f(x[s : s + 100], input_ids=ids[s : s + 100])
+        outs.append(out)
+        flags += fl
+        lasts.append(f.last)
+    assert torch.equal(torch.cat(outs), ref)  # the model's own output, unchanged
+    rt = pl.concat(lasts)
+    with Store(db, read_only=True) as store:
+        batch = store.read_scores(f.result.name, "pool").select("sample_id", "error_proba", "zone")
+    both = rt.join(batch, left_on="input_ids", right_on="sample_id", suffix="_batch")
+    assert both.height == len(ids)
+    assert (both["error_proba"] - both["error_proba_batch"]).abs().max() < 1e-5  # type: ignore[operator]
+    assert (both["zone"] == both["zone_batch"]).all()
+    assert flags == rt["zone"].is_in(ZONES).to_list() and all(isinstance(v, bool) for v in flags)
+    assert set(rt.columns) == {"input_ids", "error_proba", "zone", "confidence", "predicted", "ood_score"}
+
+
+def test_no_config_gives_none_flags_and_conditions_work(live, demo: DemoFiles) -> None:
+    db, net = live
+    x, ids = _pool(demo)
+    f = ClassificationDataFilter(net, "digits", "v1", db=db)
+    _, flags = f(x[:10])
+    assert flags == [None] * 10 and f.last is not None and f.last["input_ids"].to_list() == list(range(10))
+    cfg = FilterConfig.from_value({"conditions": [{"error_proba": ">=0.5"}, "confidence>=0.3"]})
+    g = ClassificationDataFilter(net, "digits", "v1", filter_config=cfg, db=db)
+    _, flags = g(x[:200], input_ids=ids[:200])
+    expect = ((g.last["error_proba"] >= 0.5) & (g.last["confidence"] >= 0.3)).to_list()  # type: ignore[index]
+    assert flags == expect and any(flags)
+
+
+def test_bad_input_is_refused_clearly(live, demo: DemoFiles, scored: Path) -> None:
+    db, net = live
+    x, _ = _pool(demo)
+    with pytest.raises(MldbgError, match="unknown zone 'hotpsot'; did you mean 'hotspot'"):
+        ClassificationDataFilter(net, "digits", "v1", filter_config={"target_zones": ["hotpsot"]}, db=db)
+    with pytest.raises(MldbgError, match="unknown key"):
+        ClassificationDataFilter(net, "digits", "v1", filter_config={"zones": ["hotspot"]}, db=db)
+    with pytest.raises(MldbgError, match="no classification result for model other/v1"):
+        ClassificationDataFilter(net, "other", "v1", db=db)
+    f = ClassificationDataFilter(net, "digits", "v1", db=db)
+    with pytest.raises(MldbgError, match="input_ids has 2 entries for a batch of 3"):
+        f(x[:3], input_ids=["a", "b"])
+    wide = ClassificationDataFilter(net, "digits", "v1", target_layers="conv2", db=db)
+    with pytest.raises(MldbgError, match="gives 32 features, but result .* was fitted on 64"):
+        wide(x[:3])
+    with pytest.raises(MldbgError, match="fitted with --stability"):
+        ClassificationDataFilter(net, "digits", "v1", db=scored)  # the scored fixture used K=4
+
+
+def test_concurrent_calls_are_serialised_and_each_gets_its_own_answer(live, demo: DemoFiles) -> None:
+    db, net = live
+    x, ids = _pool(demo)
+    f = ClassificationDataFilter(net, "digits", "v1", filter_config={"target_zones": ZONES}, db=db)
+    expected = {}
+    for s in range(0, 400, 50):
+        expected[s] = f(x[s : s + 50], input_ids=ids[s : s + 50])[1]
+    got: dict[int, list] = {}
+
+    def work(s: int) -> None:
+        for _ in range(3):
+            _, fl = f(x[s : s + 50], input_ids=ids[s : s + 50])
+            got.setdefault(s, []).append(fl)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in expected]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(all(fl == expected[s] for fl in got[s]) for s in expected)
+
+
+def test_query_shares_the_cli_implementation(live) -> None:
+    db, net = live
+    f = ClassificationDataFilter(net, "digits", "v1", db=db)
+    top = f.query(n_data=10, strategy="high_error_proba", run="pool")
+    zoned = f.query(n_data=10, strategy={"target_zones": ["hotspot", "critical_hotspot"], "seed": 1})
+    assert len(top) == 10 and not set(top) & set(zoned)  # saved: the second never resends the first
+    with Store(db, read_only=True) as store:
+        assert store.list_selections()["id"].to_list() == ["sel-1", "sel-2"]
+    with pytest.raises(MldbgError, match="unknown key"):
+        f.query(n_data=5, strategy={"zones": ["hotspot"]})
