@@ -10,12 +10,12 @@ from ml_debugger.errors import MldbgError
 
 __version__ = "0.1.0"
 
-__all__ = ["ClassificationDataFilter", "FilterConfig", "MldbgError", "__version__"]
+__all__ = ["ClassificationDataFilter", "ClassificationTracer", "Evaluator", "FilterConfig", "MldbgError", "__version__"]
 
 
 def __getattr__(name: str) -> object:
     # The real-time API imports torch; load it on first use so `mldbg --help` stays instant.
-    if name in ("ClassificationDataFilter", "FilterConfig"):
+    if name in ("ClassificationDataFilter", "ClassificationTracer", "Evaluator", "FilterConfig"):
         from ml_debugger import data_filter
 
         return getattr(data_filter, name)

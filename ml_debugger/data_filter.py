@@ -7,5 +7,6 @@ from __future__ import annotations
 
 from ml_debugger.filters.classification import ClassificationDataFilter
 from ml_debugger.filters.config import FilterConfig
+from ml_debugger.filters.tracer import ClassificationTracer, Evaluator
 
-__all__ = ["ClassificationDataFilter", "FilterConfig"]
+__all__ = ["ClassificationDataFilter", "ClassificationTracer", "Evaluator", "FilterConfig"]

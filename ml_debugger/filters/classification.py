@@ -12,7 +12,6 @@ call. For parallel throughput, build one filter per thread.
 from __future__ import annotations
 
 import itertools
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,12 @@ import polars as pl
 import torch
 from torch import nn
 
-from ml_debugger.core.models import pool_features
 from ml_debugger.core.scoring import Scorer, load_scorer
 from ml_debugger.core.signals import softmax_signals
 from ml_debugger.core.store import ResultInfo, Store
 from ml_debugger.core.writer import RawBatch, batch_frames
 from ml_debugger.errors import ModelError, UsageError
+from ml_debugger.filters._hook import FeatureHook
 from ml_debugger.filters.config import FilterConfig
 
 TASK = "classification"
@@ -111,37 +110,8 @@ class ClassificationDataFilter:
         self.model = model.to(device) if device is not None else model
         self.model_name, self.version_name = model_name, version_name
         self.last: pl.DataFrame | None = None
-        self._lock = threading.Lock()
         self._counter = itertools.count()
-        self._capture: dict[str, torch.Tensor] = {}
-        self._layer = self._hook(target_layers, layer)
-
-    # -- feature capture ------------------------------------------------------------------
-    def _hook(self, target_layers: str | list[str] | None, fitted_layer: str | None) -> str:
-        names = dict(self.model.named_modules())
-        if isinstance(target_layers, list):
-            if len(target_layers) != 1:
-                raise UsageError(f"target_layers takes one layer name, got {len(target_layers)}")
-            target_layers = target_layers[0]
-        if target_layers is not None:
-            if target_layers not in names or not target_layers:
-                raise ModelError(f"unknown layer {target_layers!r}; modules: {', '.join(n for n in names if n)}")
-            names[target_layers].register_forward_hook(lambda _m, _i, out: self._capture.__setitem__("f", out))
-            return target_layers
-        if fitted_layer == "returned by the model":
-            return fitted_layer
-        name = (fitted_layer or "").removesuffix(" (input)")
-        if name not in names or not isinstance(names[name], nn.Linear):
-            linears = [n for n, m in names.items() if isinstance(m, nn.Linear)]
-            if not linears:
-                raise ModelError("the model has no nn.Linear to take features from; pass target_layers=NAME")
-            name = linears[-1]
-        names[name].register_forward_pre_hook(lambda _m, inp: self._capture.__setitem__("f", inp[0]))
-        return f"{name} (input)"
-
-    def _model_device(self) -> torch.device | None:
-        p = next(self.model.parameters(), None)
-        return p.device if p is not None else None
+        self._hook = FeatureHook(self.model, target_layers, layer)
 
     # -- the call -----------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, input_ids: list[Any] | None = None) -> tuple[Any, list[bool | None]]:
@@ -155,22 +125,7 @@ class ClassificationDataFilter:
             input_ids = [next(self._counter) for _ in range(n)]
         if len(input_ids) != n:
             raise UsageError(f"input_ids has {len(input_ids)} entries for a batch of {n}; give one id per input")
-        dev = self._model_device()
-        if dev is not None and x.device != dev:
-            x = x.to(dev)
-        with self._lock:
-            self._capture.clear()
-            out = self.model(x)
-            feats = self._capture.get("f")
-            self._capture.clear()
-        logits = out
-        if isinstance(out, (tuple, list)) and len(out) == 2:
-            logits, own = out
-            feats = own if feats is None or self._layer == "returned by the model" else feats
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != n:
-            raise ModelError(f"the model returned {type(logits).__name__} for a batch of {n}; need logits [B, C]")
-        if feats is None:
-            raise ModelError("no features were captured; pass target_layers=NAME or return (logits, features)")
+        out, logits, feats = self._hook(x)
         scored = self._score(logits, feats, [str(i) for i in input_ids])
         self.last = scored.select(
             pl.Series("input_ids", list(input_ids)), "error_proba", "zone", "confidence", "predicted", "ood_score"
@@ -179,12 +134,11 @@ class ClassificationDataFilter:
             return out, [None] * n
         return out, [bool(v) for v in scored.select(self.config.expr().fill_null(False)).to_series()]
 
-    def _score(self, logits: torch.Tensor, feats: torch.Tensor, ids: list[str]) -> pl.DataFrame:
+    def _score(self, logits: torch.Tensor, f: torch.Tensor, ids: list[str]) -> pl.DataFrame:
         with torch.no_grad():
-            f = pool_features(feats.detach()).float().cpu()
             if f.shape[1] != (self.result.feature_dim or 0):
                 raise ModelError(
-                    f"the hooked layer {self._layer!r} gives {f.shape[1]} features, but result {self.result.name} "
+                    f"the hooked layer {self._hook.layer!r} gives {f.shape[1]} features, but result {self.result.name} "
                     f"was fitted on {self.result.feature_dim}; pass the right target_layers"
                 )
             if logits.shape[1] != len(self.result.classes):
@@ -192,8 +146,7 @@ class ClassificationDataFilter:
                     f"the model gives {logits.shape[1]} classes, result {self.result.name} has "
                     f"{len(self.result.classes)}"
                 )
-            raw = RawBatch(ids=ids, paths=ids, labels=[None] * len(ids),
-                           signals=softmax_signals(logits.detach().float().cpu()), features=f)  # fmt: skip
+            raw = RawBatch(ids=ids, paths=ids, labels=[None] * len(ids), signals=softmax_signals(logits), features=f)
         frames = batch_frames(raw)
         frame = frames["samples"].join(frames["outputs"], on="sample_id", maintain_order="left")
         scored = self.scorer.score_frame(frame, frames["features"])

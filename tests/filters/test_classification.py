@@ -130,3 +130,34 @@ def test_query_shares_the_cli_implementation(live) -> None:
         assert store.list_selections()["id"].to_list() == ["sel-1", "sel-2"]
     with pytest.raises(MldbgError, match="unknown key"):
         f.query(n_data=5, strategy={"zones": ["hotspot"]})
+
+
+def test_tracer_writes_the_rows_extract_writes_and_evaluator_fits(demo: DemoFiles, live, tmp_path: Path) -> None:
+    from ml_debugger.data_filter import ClassificationTracer, Evaluator
+
+    db_live, net = live
+    db = tmp_path / "t.duckdb"
+    files = sorted(demo.val.glob("*/*.png"))
+    x = torch.stack([load_image(str(p), PREPROCESS) for p in files])
+    y = torch.tensor([int(p.parent.name) for p in files])
+    ids = [f"{p.parent.name}/{p.name}" for p in files]
+    with ClassificationTracer(net, "digits", "v1", db=db) as tracer:
+        for s in range(0, len(ids), 64):
+            out = tracer(x[s : s + 64], y[s : s + 64], input_ids=ids[s : s + 64], dataset_type="val")
+            assert out.shape == (min(64, len(ids) - s), 10)
+    with Store(db, read_only=True) as mine, Store(db_live, read_only=True) as theirs:
+        a = mine.read_outputs("digits_v1_val")
+        b = theirs.read_outputs("val")
+        run = mine.require_run("digits_v1_val")
+        _, fa = mine.read_features("digits_v1_val")
+        _, fb = theirs.read_features("val")
+    assert run.status == "complete" and run.labelled and a.height == b.height == len(ids)
+    assert a["sample_id"].to_list() == b["sample_id"].to_list() and a["label"].equals(b["label"])
+    assert (a["confidence"] - b["confidence"]).abs().max() < 1e-5  # type: ignore[operator]
+    assert float(abs(fa - fb).max()) < 1e-5
+    ev = Evaluator("digits", "v1", db=db)
+    info = ev.request_evaluation("digits_v1_val", result_name="from_code", options={"zones": {"coverage_target": 0.05}})
+    assert info.config["zones"]["coverage_target"] == 0.05
+    assert ev.list_results()["name"].to_list() == ["from_code"] and ev.get_result("from_code").eval_run == "digits_v1_val"
+    with pytest.raises(MldbgError, match="exists"):
+        ClassificationTracer(net, "digits", "v1", db=db)(x[:2], y[:2], dataset_type="val")

@@ -1,0 +1,96 @@
+"""What does real-time filtering cost over the bare model call?
+
+For a small CNN (28 px, the error-detection benchmark's Fashion-MNIST model, so the result is
+real) and a MobileNetV2-sized model (224 px, random weights; its result is fitted on random
+inputs, which is enough to time it), ``data_filter(x)`` and ``model(x)`` run on the same inputs,
+alternating, many rounds; the median of the per-round time ratios is printed, at batch 1 and 64.
+
+    python benchmarks/filter_overhead.py            # ~2 minutes on 2 cores
+
+Targets (issue 5, CPU): ≤ 1.10x at batch 64, ≤ 1.25x at batch 1.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import CACHE, MobileNetV2Like, fashion_mnist
+from error_detection import FASHION_MEAN, FASHION_STD, FashionCNN, fashion_setup
+
+from ml_debugger.core.evaluate import evaluate
+from ml_debugger.data_filter import ClassificationDataFilter, ClassificationTracer
+
+ZONES = ["critical_hotspot", "hotspot", "recessive_hotspot", "aleatoric_hotspot"]
+
+
+def _result(db: Path, model: torch.nn.Module, name: str, x: torch.Tensor, y: torch.Tensor) -> None:
+    db.unlink(missing_ok=True)
+    with ClassificationTracer(model, name, "v1", db=db) as tracer, torch.no_grad():
+        for s in range(0, len(x), 64):
+            tracer(x[s : s + 64], y[s : s + 64], dataset_type="val")
+    evaluate(f"{name}_v1_val", db=db)
+
+
+def _time(fn, x: torch.Tensor) -> float:
+    t = time.perf_counter()
+    fn(x)
+    return time.perf_counter() - t
+
+
+def compare(label: str, model: torch.nn.Module, f: ClassificationDataFilter, x: torch.Tensor, rounds: int) -> None:
+    with torch.no_grad():
+        for _ in range(3):  # warm-up both
+            model(x)
+            f(x)
+        ratios, bare, filt = [], [], []
+        for _ in range(rounds):
+            a = _time(model, x)
+            b = _time(f, x)
+            bare.append(a)
+            filt.append(b)
+            ratios.append(b / a)
+    print(
+        f"{label:<34} model {statistics.median(bare) * 1000:8.2f} ms  filter {statistics.median(filt) * 1000:8.2f} ms"
+        f"  ratio {statistics.median(ratios):.3f} (median of {rounds} rounds)"
+    )
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    CACHE.mkdir(exist_ok=True)
+    setup = fashion_setup()
+    program = torch.export.load(str(setup["model"]))
+    small = FashionCNN()
+    small.load_state_dict(program.state_dict)
+    small.eval()
+    images, labels = fashion_mnist("train")
+    x = (torch.tensor(images[20_000:22_000], dtype=torch.float32).unsqueeze(1) / 255.0 - FASHION_MEAN[0]) / FASHION_STD[
+        0
+    ]
+    y = torch.tensor(labels[20_000:22_000].astype(np.int64))
+    db_small = CACHE / "filter_small.duckdb"
+    _result(db_small, small, "small", x, y)
+    f_small = ClassificationDataFilter(small, "small", "v1", filter_config={"target_zones": ZONES}, db=db_small)
+    compare("small CNN 28 px, batch 64", small, f_small, x[:64], 200)
+    compare("small CNN 28 px, batch 1", small, f_small, x[:1], 500)
+
+    torch.manual_seed(0)
+    big = MobileNetV2Like().eval()
+    xb = torch.randn(256, 3, 224, 224)
+    yb = torch.randint(0, 10, (256,))
+    db_big = CACHE / "filter_mobilenet.duckdb"
+    _result(db_big, big, "mobile", xb, yb)
+    f_big = ClassificationDataFilter(big, "mobile", "v1", filter_config={"target_zones": ZONES}, db=db_big)
+    compare("MobileNetV2-like 224 px, batch 64", big, f_big, xb[:64], 10)
+    compare("MobileNetV2-like 224 px, batch 1", big, f_big, xb[:1], 50)
+
+
+if __name__ == "__main__":
+    main()
