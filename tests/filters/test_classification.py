@@ -158,6 +158,7 @@ def test_tracer_writes_the_rows_extract_writes_and_evaluator_fits(demo: DemoFile
     ev = Evaluator("digits", "v1", db=db)
     info = ev.request_evaluation("digits_v1_val", result_name="from_code", options={"zones": {"coverage_target": 0.05}})
     assert info.config["zones"]["coverage_target"] == 0.05
-    assert ev.list_results()["name"].to_list() == ["from_code"] and ev.get_result("from_code").eval_run == "digits_v1_val"
+    assert ev.list_results()["name"].to_list() == ["from_code"]
+    assert ev.get_result("from_code").eval_run == "digits_v1_val"
     with pytest.raises(MldbgError, match="exists"):
         ClassificationTracer(net, "digits", "v1", db=db)(x[:2], y[:2], dataset_type="val")
