@@ -61,6 +61,21 @@ def signal_frame(outputs: pl.DataFrame, knn: dict[str, Any]) -> pl.DataFrame:
     return frame.with_columns(derived)
 
 
+def signal_arrays(outputs: dict[str, np.ndarray], knn: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``signal_frame`` for NumPy arrays (the real-time path): the same derived signals, computed
+    in the same float32 precision, so both paths give the same error_proba."""
+    out = {**outputs, **knn}
+    c = np.clip(outputs["confidence"].astype(np.float32), np.float32(_CLIP), np.float32(1 - _CLIP))
+    out["confidence_logit"] = np.log(c / (np.float32(1) - c))
+    probs = outputs["probs"].astype(np.float32)
+    out["doctor"] = np.float32(1) - (probs * probs).sum(axis=1, dtype=np.float32)
+    if "trust_score" in knn:
+        out["log_trust"] = np.log(np.clip(knn["trust_score"].astype(np.float32), np.float32(_CLIP), None))
+    if "class_ratio" in knn:
+        out["log_class_ratio"] = np.log(np.clip(knn["class_ratio"].astype(np.float32), np.float32(_CLIP), None))
+    return out
+
+
 def signal_names(*, stability: bool) -> list[str]:
     return [*SOFTMAX_SIGNALS, *(STABILITY_SIGNALS if stability else ()), *KNN_SIGNALS]
 
@@ -87,9 +102,10 @@ class ErrorModel:
     platt: tuple[float, float] = (1.0, 0.0)
 
     def logit(self, frame: pl.DataFrame) -> np.ndarray:
-        import numpy as np
+        return self.logit_of(_matrix(frame, self.signals))
 
-        x = _matrix(frame, self.signals)
+    def logit_of(self, x: np.ndarray) -> np.ndarray:
+        """The uncalibrated logit of a design matrix ``[n, len(signals)]``."""
         z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
         return np.asarray(z @ np.asarray(self.coef) + self.intercept)
 
@@ -101,6 +117,14 @@ class ErrorModel:
             return np.clip(1.0 - frame["confidence"].cast(pl.Float64).to_numpy(), 0.0, 1.0)
         a, b = self.platt
         return _sigmoid(a * self.logit(frame) + b)
+
+    def predict_arrays(self, signals: dict[str, np.ndarray]) -> np.ndarray:
+        """``predict`` for the arrays of ``signal_arrays`` (NaN counts as 0, as nulls do)."""
+        if self.kind == "one_minus_confidence":
+            return np.clip(1.0 - signals["confidence"].astype(np.float64), 0.0, 1.0)
+        x = np.stack([signals[s].astype(np.float64) for s in self.signals], axis=1)
+        a, b = self.platt
+        return _sigmoid(a * self.logit_of(np.nan_to_num(x, nan=0.0)) + b)
 
     def to_dict(self) -> dict[str, Any]:
         return {

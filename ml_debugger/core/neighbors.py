@@ -22,6 +22,7 @@ out of its own neighbourhood, so no sample sees its own label.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -58,6 +59,16 @@ class Bank:
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
+
+    @cached_property
+    def by_class(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(order sorting the bank by label, the features in that order, class boundaries): built
+        once per bank, not per search (the real-time filter searches once per batch)."""
+        import torch
+
+        order = torch.argsort(self.labels, stable=True)
+        bounds = torch.searchsorted(self.labels[order], torch.arange(self.n_classes + 1))
+        return order, self.features[order].contiguous(), bounds
 
 
 def with_ivf(bank: Bank, *, probes: int, lists: int | None = None, seed: int = 0) -> Bank:
@@ -170,9 +181,8 @@ def _search(queries: torch.Tensor, bank: Bank, *, exclude_self: bool) -> dict:
             "class_distance_k": _distance(found["class_sim_k"]),
         }
     chunk = max(16, _BLOCK_FLOATS // max(1, n))
-    order = torch.argsort(bank.labels, stable=True)
-    sorted_feats = bank.features[order]
-    bounds = torch.searchsorted(bank.labels[order], torch.arange(bank.n_classes + 1))
+    order, sorted_feats, bounds = bank.by_class
+    bounds_list = bounds.tolist()
     neighbor_labels = torch.empty(m, k, dtype=torch.long)
     kth = torch.empty(m)
     class_sim = torch.full((m, bank.n_classes), -2.0)
@@ -190,7 +200,7 @@ def _search(queries: torch.Tensor, bank: Bank, *, exclude_self: bool) -> dict:
         neighbor_labels[start:stop] = bank.labels[order[top.indices]]
         kth[start:stop] = top.values[:, -1]
         for c in range(bank.n_classes):
-            lo, hi = int(bounds[c]), int(bounds[c + 1])
+            lo, hi = bounds_list[c], bounds_list[c + 1]
             if hi > lo:
                 near = sims[:, lo:hi].topk(min(CLASS_K, hi - lo), dim=1).values
                 class_sim[start:stop, c] = near[:, 0]

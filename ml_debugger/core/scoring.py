@@ -17,10 +17,10 @@ import numpy as np
 import polars as pl
 
 from ml_debugger.core import neighbors
-from ml_debugger.core.errormodel import ErrorModel, signal_frame
+from ml_debugger.core.errormodel import ErrorModel, signal_arrays, signal_frame
 from ml_debugger.core.store import ResultInfo, RunInfo, Store
 from ml_debugger.core.summary import zone_table
-from ml_debugger.core.zones import ZoneRules, assign, error_codes
+from ml_debugger.core.zones import ZoneRules, assign, assign_arrays, error_codes
 from ml_debugger.errors import UsageError
 
 # Columns of the scores table (besides result, run, sample_id).
@@ -99,6 +99,23 @@ class Scorer:
         if "label" not in scored.columns:
             scored = scored.with_columns(pl.lit(None, dtype=pl.Int32).alias("label"))
         return scored.with_columns(error_codes(scored, self.result.classes))
+
+    def score_arrays(self, outputs: dict[str, np.ndarray], features: np.ndarray) -> dict[str, np.ndarray]:
+        """``score_frame`` without Polars, for real time: ``outputs`` holds NumPy arrays of the
+        softmax signals (pred, confidence, margin, entropy, energy, probs ``[n, C]``); returns
+        every signal plus error_proba, zone (names) and predicted (class names)."""
+        knn = neighbors.knn_signals(features, outputs["pred"], self.bank)
+        sig = signal_arrays(outputs, knn)
+        sig["error_proba"] = self.model.predict_arrays(sig)
+        sig["zone"] = assign_arrays(
+            self.rules,
+            error_proba=sig["error_proba"],
+            confidence=sig["confidence"],
+            pred=sig["pred"],
+            ood_score=sig["ood_score"],
+        )
+        sig["predicted"] = np.asarray(self.result.classes, dtype=object)[np.asarray(sig["pred"], dtype=np.int64)]
+        return sig
 
 
 def load_scorer(store: Store, info: ResultInfo, *, expected_rows: int = 0) -> Scorer:

@@ -178,6 +178,53 @@ def zone_expr(rules: ZoneRules) -> pl.Expr:
     )
 
 
+def assign_arrays(
+    rules: ZoneRules,
+    *,
+    error_proba: Any,
+    confidence: Any,
+    pred: Any,
+    ood_score: Any,
+    stability: Any = None,
+    flip_rate: Any = None,
+) -> Any:
+    """``zone_expr`` for NumPy arrays (the real-time path): the same rules, the same precedence.
+
+    ``stability``/``flip_rate`` None (or NaN) = not measured. Returns an array of zone names.
+    """
+    import numpy as np
+
+    n = len(error_proba)
+    pred = np.asarray(pred, dtype=np.int64)
+    n_cls = int(max(pred.max(initial=0) + 1, max(rules.per_class, default=-1) + 1))
+
+    def th(key: str) -> Any:
+        g = rules.thresholds.get(key)
+        table = np.full(n_cls, np.nan if g is None else float(g))
+        for cls, v in rules.per_class.items():
+            if key in v:
+                table[cls] = v[key]
+        return table[pred]
+
+    ep = np.asarray(error_proba, dtype=np.float64)
+    conf = np.asarray(confidence, dtype=np.float64)
+    stab = np.full(n, np.nan) if stability is None else np.asarray(stability, dtype=np.float64)
+    flip = np.full(n, np.nan) if flip_rate is None else np.asarray(flip_rate, dtype=np.float64)
+    measured = ~np.isnan(stab)
+    with np.errstate(invalid="ignore"):
+        unstable = (measured & (flip >= th("hotspot_flip_rate"))) | (measured & (stab < th("hotspot_stability")))
+        unstable |= ep >= th("hotspot_error_proba")
+        steady = ~measured | (flip <= th("stable_flip_rate"))
+        conditions = [
+            np.asarray(ood_score, dtype=np.float64) >= th("ood"),
+            (ep >= th("critical_error_proba")) & (conf >= th("critical_confidence")),
+            conf < th("recessive_confidence"),
+            unstable,
+            (ep <= th("stable_error_proba")) & (conf >= th("stable_confidence")) & steady,
+        ]
+    return np.select(conditions, list(PRECEDENCE[:5]), default=PRECEDENCE[5])
+
+
 def assign(frame: pl.DataFrame, rules: ZoneRules) -> pl.DataFrame:
     """``frame`` with a ``zone`` column."""
     return frame.with_columns(zone_expr(rules))

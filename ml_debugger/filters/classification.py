@@ -22,7 +22,6 @@ from torch import nn
 from ml_debugger.core.scoring import Scorer, load_scorer
 from ml_debugger.core.signals import softmax_signals
 from ml_debugger.core.store import ResultInfo, Store
-from ml_debugger.core.writer import RawBatch, batch_frames
 from ml_debugger.errors import ModelError, UsageError
 from ml_debugger.filters._hook import FeatureHook
 from ml_debugger.filters.config import FilterConfig
@@ -126,34 +125,34 @@ class ClassificationDataFilter:
         if len(input_ids) != n:
             raise UsageError(f"input_ids has {len(input_ids)} entries for a batch of {n}; give one id per input")
         out, logits, feats = self._hook(x)
-        scored = self._score(logits, feats, [str(i) for i in input_ids])
-        self.last = scored.select(
-            pl.Series("input_ids", list(input_ids)), "error_proba", "zone", "confidence", "predicted", "ood_score"
+        cols = self._score(logits, feats)
+        self.last = pl.DataFrame(
+            {
+                "input_ids": list(input_ids),
+                "error_proba": cols["error_proba"],
+                "zone": cols["zone"].astype(str),
+                "confidence": cols["confidence"],
+                "predicted": cols["predicted"].astype(str),
+                "ood_score": cols["ood_score"],
+            }
         )
         if self.config is None:
             return out, [None] * n
-        return out, [bool(v) for v in scored.select(self.config.expr().fill_null(False)).to_series()]
+        return out, list(self.config.flags(cols))
 
-    def _score(self, logits: torch.Tensor, f: torch.Tensor, ids: list[str]) -> pl.DataFrame:
-        with torch.no_grad():
-            if f.shape[1] != (self.result.feature_dim or 0):
-                raise ModelError(
-                    f"the hooked layer {self._hook.layer!r} gives {f.shape[1]} features, but result {self.result.name} "
-                    f"was fitted on {self.result.feature_dim}; pass the right target_layers"
-                )
-            if logits.shape[1] != len(self.result.classes):
-                raise ModelError(
-                    f"the model gives {logits.shape[1]} classes, result {self.result.name} has "
-                    f"{len(self.result.classes)}"
-                )
-            raw = RawBatch(ids=ids, paths=ids, labels=[None] * len(ids), signals=softmax_signals(logits), features=f)
-        frames = batch_frames(raw)
-        frame = frames["samples"].join(frames["outputs"], on="sample_id", maintain_order="left")
-        scored = self.scorer.score_frame(frame, frames["features"])
-        names = pl.Series(self.result.classes, dtype=pl.String)
-        return scored.with_columns(
-            pl.col("pred").replace_strict(list(range(len(names))), names, default=None).alias("predicted")
-        )
+    def _score(self, logits: torch.Tensor, f: torch.Tensor) -> dict[str, Any]:
+        if f.shape[1] != (self.result.feature_dim or 0):
+            raise ModelError(
+                f"the hooked layer {self._hook.layer!r} gives {f.shape[1]} features, but result {self.result.name} "
+                f"was fitted on {self.result.feature_dim}; pass the right target_layers"
+            )
+        if logits.shape[1] != len(self.result.classes):
+            raise ModelError(
+                f"the model gives {logits.shape[1]} classes, result {self.result.name} has {len(self.result.classes)}"
+            )
+        sig = softmax_signals(logits)
+        outputs = {k: sig[k].numpy() for k in ("pred", "confidence", "margin", "entropy", "energy", "probs")}
+        return self.scorer.score_arrays(outputs, f.numpy())
 
     # -- querying the store ---------------------------------------------------------------
     def query(self, n_data: int, strategy: str | dict[str, Any] = "high_error_proba", run: str | None = None) -> list:

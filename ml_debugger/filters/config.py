@@ -6,6 +6,7 @@ typo fails at construction rather than mid-inference.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ from ml_debugger.core.conditions import Condition, filter_expr, parse_conditions
 from ml_debugger.errors import UsageError
 
 _KEYS = ("target_zones", "conditions")
+_OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt}
 
 
 @dataclass(frozen=True)
@@ -52,3 +54,21 @@ class FilterConfig:
 
     def expr(self) -> pl.Expr:
         return filter_expr(self.target_zones, self.parsed)
+
+    def flags(self, columns: dict[str, Any]) -> list[bool]:
+        """The same test as ``expr`` on NumPy arrays (the real-time path); a missing value fails."""
+        import numpy as np
+
+        n = len(columns["zone"])
+        keep = np.isin(columns["zone"], self.target_zones) if self.target_zones else np.ones(n, dtype=bool)
+        for c in self.parsed:
+            values = columns.get(c.column)
+            if values is None:
+                return [False] * n
+            v = np.asarray(values)
+            with np.errstate(invalid="ignore"):
+                hit = _OPS[c.op](v, c.value)
+            if v.dtype.kind == "f":
+                hit &= ~np.isnan(v)
+            keep &= np.asarray(hit, dtype=bool)
+        return [bool(x) for x in keep]

@@ -131,3 +131,23 @@ def test_error_codes_use_class_names_splits_and_knn_vouching() -> None:
     )  # fmt: skip
     codes = frame.select(error_codes(frame, CLASSES))["error_code"].to_list()
     assert codes == ["CLScat->dog**", "CLScat->dog|fox", None, "CLSfox->cat|dog|fox"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 200), seed=st.integers(0, 2**16), stability=st.booleans(), per_class=st.booleans())
+def test_numpy_zones_equal_the_polars_zones(n: int, seed: int, stability: bool, per_class: bool) -> None:
+    from ml_debugger.core.zones import assign_arrays
+
+    rules = _rules(per_class={"fox": {"stable_confidence": 0.2, "ood": 0.4}} if per_class else {})
+    frame = _frame(n, seed, stability)
+    expected = assign(frame, rules)["zone"].to_list()
+    got = assign_arrays(
+        rules,
+        error_proba=frame["error_proba"].to_numpy(),
+        confidence=frame["confidence"].to_numpy(),
+        pred=frame["pred"].to_numpy(),
+        ood_score=frame["ood_score"].to_numpy(),
+        stability=frame["stability"].to_numpy() if stability else None,
+        flip_rate=frame["flip_rate"].to_numpy() if stability else None,
+    )
+    assert list(got) == expected

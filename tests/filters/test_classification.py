@@ -162,3 +162,25 @@ def test_tracer_writes_the_rows_extract_writes_and_evaluator_fits(demo: DemoFile
     assert ev.get_result("from_code").eval_run == "digits_v1_val"
     with pytest.raises(MldbgError, match="exists"):
         ClassificationTracer(net, "digits", "v1", db=db)(x[:2], y[:2], dataset_type="val")
+
+
+def test_config_flags_on_arrays_equal_the_polars_filter() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    cols = {
+        "zone": rng.choice(["hotspot", "critical_hotspot", "stable_coverage"], 300),
+        "error_proba": rng.random(300),
+        "confidence": rng.random(300),
+        "predicted": rng.choice(["cat", "dog"], 300),
+        "stability": np.full(300, np.nan),
+    }
+    for cfg in (
+        {"target_zones": ["hotspot", "critical_hotspot"]},
+        {"conditions": ["error_proba>=0.5", "predicted==cat"]},
+        {"target_zones": ["hotspot"], "conditions": [{"confidence": "<0.7"}]},
+        {"conditions": ["stability<0.5"]},  # not measured: never true
+    ):
+        fc = FilterConfig.from_value(cfg)
+        frame = pl.DataFrame(cols)
+        assert fc.flags(cols) == frame.select(fc.expr().fill_null(False)).to_series().to_list(), cfg
