@@ -3,7 +3,8 @@
 For a small CNN (28 px, the error-detection benchmark's Fashion-MNIST model, so the result is
 real) and a MobileNetV2-sized model (224 px, random weights; its result is fitted on random
 inputs, which is enough to time it), ``data_filter(x)`` and ``model(x)`` run on the same inputs,
-alternating, many rounds; the median of the per-round time ratios is printed, at batch 1 and 64.
+alternating, many rounds; the median of the per-round time ratios is printed, at batch 1 and 64,
+without and with ``record=True`` (the scored inputs written to the store in the background).
 
     python benchmarks/filter_overhead.py            # ~2 minutes on 2 cores
 
@@ -57,7 +58,7 @@ def compare(label: str, model: torch.nn.Module, f: ClassificationDataFilter, x: 
             filt.append(b)
             ratios.append(b / a)
     print(
-        f"{label:<34} model {statistics.median(bare) * 1000:8.2f} ms  filter {statistics.median(filt) * 1000:8.2f} ms"
+        f"{label:<48} model {statistics.median(bare) * 1000:8.2f} ms  filter {statistics.median(filt) * 1000:8.2f} ms"
         f"  ratio {statistics.median(ratios):.3f} (median of {rounds} rounds)"
     )
 
@@ -80,6 +81,10 @@ def main() -> None:
     f_small = ClassificationDataFilter(small, "small", "v1", filter_config={"target_zones": ZONES}, db=db_small)
     compare("small CNN 28 px, batch 64", small, f_small, x[:64], 200)
     compare("small CNN 28 px, batch 1", small, f_small, x[:1], 500)
+    with ClassificationDataFilter(small, "small", "v1", filter_config={"target_zones": ZONES}, db=db_small,
+                                  record=True, run_name="recorded") as rec:  # fmt: skip
+        compare("small CNN 28 px, batch 64, record=True", small, rec, x[:64], 200)
+        compare("small CNN 28 px, batch 1, record=True", small, rec, x[:1], 500)
 
     torch.manual_seed(0)
     big = MobileNetV2Like().eval()
@@ -90,6 +95,10 @@ def main() -> None:
     f_big = ClassificationDataFilter(big, "mobile", "v1", filter_config={"target_zones": ZONES}, db=db_big)
     compare("MobileNetV2-like 224 px, batch 64", big, f_big, xb[:64], 10)
     compare("MobileNetV2-like 224 px, batch 1", big, f_big, xb[:1], 50)
+    with ClassificationDataFilter(big, "mobile", "v1", filter_config={"target_zones": ZONES}, db=db_big,
+                                  record=True, run_name="recorded") as rec:  # fmt: skip
+        compare("MobileNetV2-like 224 px, batch 64, record=True", big, rec, xb[:64], 10)
+        compare("MobileNetV2-like 224 px, batch 1, record=True", big, rec, xb[:1], 50)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from ml_debugger.core.store import ResultInfo, Store
 from ml_debugger.errors import ModelError, UsageError
 from ml_debugger.filters._hook import FeatureHook
 from ml_debugger.filters.config import FilterConfig
+from ml_debugger.filters.tracer import ClassificationTracer
 
 TASK = "classification"
 # What ``last`` holds for each input of the latest call.
@@ -73,6 +74,10 @@ class ClassificationDataFilter:
         The mldbg database (default ``./mldbg.duckdb`` or ``$MLDBG_DB``); read once, then closed.
     device
         Move the model there first (``"cpu"``, ``"cuda"``); default: leave it where it is.
+    record, run_name
+        Also store every scored input as an unlabelled run (``run_name``, default
+        ``{model}_{version}_pool``) with its scores under the result, written in the background
+        every few seconds; call ``close()`` (or use ``with``) at the end to finish the run.
 
     Examples
     --------
@@ -92,6 +97,8 @@ class ClassificationDataFilter:
         target_layers: str | list[str] | None = None,
         db: str | Path | None = None,
         device: str | torch.device | None = None,
+        record: bool = False,
+        run_name: str | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise UsageError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -111,6 +118,17 @@ class ClassificationDataFilter:
         self.last: pl.DataFrame | None = None
         self._counter = itertools.count()
         self._hook = FeatureHook(self.model, target_layers, layer)
+        self._recorder: ClassificationTracer | None = None
+        self._scores: list[pl.DataFrame] = []
+        if record:
+            name = run_name or f"{model_name}_{version_name}_pool"
+            with Store(db, read_only=True) as store:
+                if store.get_run(name) is not None:
+                    raise UsageError(f"a run named {name!r} exists; pass run_name=… or `mldbg runs drop {name}`")
+            self._recorder = ClassificationTracer(
+                self.model, model_name, version_name, db=db, classes=self.result.classes, run_name=name,
+                hook=self._hook,
+            )  # fmt: skip
 
     # -- the call -----------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, input_ids: list[Any] | None = None) -> tuple[Any, list[bool | None]]:
@@ -136,9 +154,30 @@ class ClassificationDataFilter:
                 "ood_score": cols["ood_score"],
             }
         )
+        if self._recorder is not None:
+            ids = [str(i) for i in input_ids]
+            self._recorder.record(ids, [None] * n, logits, feats, "pool")
+            self._scores.append(_score_rows(ids, cols))
         if self.config is None:
             return out, [None] * n
         return out, list(self.config.flags(cols))
+
+    def close(self) -> str | None:
+        """Finish the recorded run (``record=True``): commit it and store its scores; its name."""
+        if self._recorder is None:
+            return None
+        run = self._recorder.close()
+        if run is not None and self._scores:
+            with Store(self.db) as store:
+                store.write_scores(self.result.name, run, pl.concat(self._scores))
+        self._recorder, self._scores = None, []
+        return run
+
+    def __enter__(self) -> ClassificationDataFilter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _score(self, logits: torch.Tensor, f: torch.Tensor) -> dict[str, Any]:
         if f.shape[1] != (self.result.feature_dim or 0):
@@ -176,6 +215,23 @@ class ClassificationDataFilter:
             run = str(runs["name"][-1])
         answer = run_query(spec, db=self.db, run=run, result=self.result.name)
         return answer.rows["sample_id"].to_list()
+
+
+def _score_rows(ids: list[str], cols: dict[str, Any]) -> pl.DataFrame:
+    """The scores-table rows of one real-time batch (as ``scoring.score_rows`` keeps them)."""
+    return pl.DataFrame(
+        {
+            "sample_id": ids,
+            "error_proba": cols["error_proba"].astype("float32"),
+            "ood_score": cols["ood_score"].astype("float32"),
+            "zone": cols["zone"].astype(str),
+            "error_code": pl.Series([None] * len(ids), dtype=pl.String),
+            "knn_disagree": cols["knn_disagree"].astype("float32"),
+            "trust_score": cols["trust_score"].astype("float32"),
+            "knn_distance": cols["knn_distance"].astype("float32"),
+            "knn_vote": cols["knn_vote"].astype("int32"),
+        }
+    )
 
 
 _SPEC_KEYS = ("strategy", "target_zones", "conditions", "min_value", "max_value", "seed", "min_per_class")

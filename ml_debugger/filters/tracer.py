@@ -63,8 +63,9 @@ class ClassificationTracer:
         db: str | Path | None = None,
         classes: list[str] | None = None,
         run_name: str | None = None,
+        hook: FeatureHook | None = None,
     ) -> None:
-        self._hook = FeatureHook(model, target_layers, None)
+        self._hook = hook or FeatureHook(model, target_layers, None)
         self.model_name, self.version_name = model_name, version_name
         self.db = resolve_db_path(db)
         self.classes = classes
@@ -92,14 +93,19 @@ class ClassificationTracer:
         if len(labs) != n:
             raise UsageError(f"labels has {len(labs)} entries for a batch of {n}")
         out, logits, feats = self._hook(images)
-        self._open(dataset_type, labels is not None, logits.shape[1], feats.shape[1])
-        if any(v is not None and not 0 <= v < logits.shape[1] for v in labs):
-            raise UsageError(f"labels must be class indices 0..{logits.shape[1] - 1}")
-        ids = [str(i) for i in input_ids]
-        assert self._writer is not None
-        self._writer.add(RawBatch(ids=ids, paths=ids, labels=labs, signals=softmax_signals(logits), features=feats))
-        self._rows += n
+        self.record([str(i) for i in input_ids], labs, logits, feats, dataset_type)
         return out
+
+    def record(
+        self, ids: list[str], labels: list[int | None], logits: torch.Tensor, feats: torch.Tensor, dataset_type: str
+    ) -> None:
+        """Queue one batch whose forward pass has run already (logits and features on the CPU)."""
+        self._open(dataset_type, any(v is not None for v in labels), logits.shape[1], feats.shape[1])
+        if any(v is not None and not 0 <= v < logits.shape[1] for v in labels):
+            raise UsageError(f"labels must be class indices 0..{logits.shape[1] - 1}")
+        assert self._writer is not None
+        self._writer.add(RawBatch(ids=ids, paths=ids, labels=labels, signals=softmax_signals(logits), features=feats))
+        self._rows += len(ids)
 
     def _open(self, dataset_type: str, labelled: bool, n_classes: int, dim: int) -> None:
         if self._writer is not None:

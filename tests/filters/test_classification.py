@@ -184,3 +184,30 @@ def test_config_flags_on_arrays_equal_the_polars_filter() -> None:
         fc = FilterConfig.from_value(cfg)
         frame = pl.DataFrame(cols)
         assert fc.flags(cols) == frame.select(fc.expr().fill_null(False)).to_series().to_list(), cfg
+
+
+def test_record_stores_the_scored_inputs_as_a_queryable_run(live, demo: DemoFiles, tmp_path: Path) -> None:
+    import shutil
+
+    db0, net = live
+    db = tmp_path / "rec.duckdb"
+    shutil.copy(db0, db)
+    x, ids = _pool(demo)
+    with ClassificationDataFilter(net, "digits", "v1", db=db, record=True, run_name="live") as f:
+        lasts = []
+        for s in range(0, 300, 50):
+            f(x[s : s + 50], input_ids=ids[s : s + 50])
+            lasts.append(f.last)
+    rt = pl.concat(lasts)
+    with Store(db, read_only=True) as store:
+        run = store.require_run("live")
+        stored = store.read_scores(f.result.name, "live")
+        batch = store.read_scores(f.result.name, "pool").select("sample_id", pl.col("error_proba").alias("b"))
+    assert run.status == "complete" and not run.labelled and stored.height == 300
+    both = stored.join(rt, left_on="sample_id", right_on="input_ids").join(batch, on="sample_id")
+    assert both.height == 300 and (both["zone"] == both["zone_right"]).all()
+    assert (both["error_proba"] - both["b"]).abs().max() < 1e-5  # type: ignore[operator]
+    picked = f.query(n_data=5, strategy="high_error_proba", run="live")
+    assert len(picked) == 5 and set(picked) <= set(ids[:300])
+    with pytest.raises(MldbgError, match="a run named 'live' exists"):
+        ClassificationDataFilter(net, "digits", "v1", db=db, record=True, run_name="live")
