@@ -20,7 +20,8 @@ app = typer.Typer(
     name="mldbg",
     help="Find where your vision model is wrong, and label only what matters.\n\n"
     "Runs your PyTorch model over a dataset into one DuckDB file (outputs, features, stability), "
-    "learns on labelled data when it is wrong (evaluate), and scores unlabelled data (score). "
+    "learns on labelled data when it is wrong (evaluate), scores unlabelled data (score), and picks "
+    "what to label (query) for labelers (export). "
     "Defaults for any option can live in ./mldbg.yaml or in MLDBG_<COMMAND>_<OPTION> environment "
     "variables (e.g. MLDBG_EXTRACT_BATCH_SIZE=256; the database: MLDBG_DB).",
     no_args_is_help=True,
