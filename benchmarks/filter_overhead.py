@@ -45,7 +45,7 @@ def _time(fn, x: torch.Tensor) -> float:
     return time.perf_counter() - t
 
 
-def compare(label: str, model: torch.nn.Module, f: ClassificationDataFilter, x: torch.Tensor, rounds: int) -> None:
+def compare(label: str, model: torch.nn.Module, f, x: torch.Tensor, rounds: int) -> None:
     with torch.no_grad():
         for _ in range(3):  # warm-up both
             model(x)
@@ -99,6 +99,33 @@ def main() -> None:
                                   record=True, run_name="recorded") as rec:  # fmt: skip
         compare("MobileNetV2-like 224 px, batch 64, record=True", big, rec, xb[:64], 10)
         compare("MobileNetV2-like 224 px, batch 1, record=True", big, rec, xb[:1], 50)
+    stability_case()
+
+
+def stability_case() -> None:
+    """The cost of stability=True: the demo's digits CNN, runs extracted with --stability 4."""
+    from ml_debugger.core.demo import PREPROCESS, DigitsNet, build_demo
+    from ml_debugger.core.extract import ExtractRequest, extract
+    from ml_debugger.core.images import load_image
+    from ml_debugger.core.stability import StabilityConfig
+
+    root = CACHE / "filter_demo"
+    files = build_demo(root)
+    db = root / "mldbg.duckdb"
+    db.unlink(missing_ok=True)
+    common = dict(model=str(files.model), model_name="digits", image_size=16, channels=1, mean=(0.5,), std=(0.5,),
+                  stability=StabilityConfig(k=4))  # fmt: skip
+    extract(ExtractRequest(dataset=str(files.val), name="val", **common), db=db)  # type: ignore[arg-type]
+    evaluate("val", db=db)
+    net = DigitsNet()
+    net.load_state_dict(torch.export.load(str(files.model)).state_dict)
+    net.eval()
+    paths = sorted(files.pool.glob("*.png"))[:64]
+    x = torch.stack([load_image(str(p), PREPROCESS) for p in paths])
+    f = ClassificationDataFilter(net, "digits", "v1", db=db, stability=True, mc_dropout=False)
+    ids = [p.name for p in paths]
+    compare("digits CNN 16 px, batch 64, stability K=4", net, lambda v: f(v, input_ids=ids[: len(v)]), x, 200)
+    compare("digits CNN 16 px, batch 1, stability K=4", net, lambda v: f(v, input_ids=ids[: len(v)]), x[:1], 500)
 
 
 if __name__ == "__main__":

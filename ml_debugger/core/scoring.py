@@ -102,17 +102,21 @@ class Scorer:
 
     def score_arrays(self, outputs: dict[str, np.ndarray], features: np.ndarray) -> dict[str, np.ndarray]:
         """``score_frame`` without Polars, for real time: ``outputs`` holds NumPy arrays of the
-        softmax signals (pred, confidence, margin, entropy, energy, probs ``[n, C]``); returns
-        every signal plus error_proba, zone (names) and predicted (class names)."""
+        softmax signals (pred, confidence, margin, entropy, energy, probs ``[n, C]``, and with
+        stability: stability, flip_rate, perturbed_confidence); returns every signal plus
+        error_proba, zone (names) and predicted (class names)."""
         knn = neighbors.knn_signals(features, outputs["pred"], self.bank)
         sig = signal_arrays(outputs, knn)
         sig["error_proba"] = self.model.predict_arrays(sig)
+        measured = self.result.stability and "stability" in sig
         sig["zone"] = assign_arrays(
             self.rules,
             error_proba=sig["error_proba"],
             confidence=sig["confidence"],
             pred=sig["pred"],
             ood_score=sig["ood_score"],
+            stability=sig["stability"] if measured else None,
+            flip_rate=sig["flip_rate"] if measured else None,
         )
         sig["predicted"] = np.asarray(self.result.classes, dtype=object)[np.asarray(sig["pred"], dtype=np.int64)]
         return sig

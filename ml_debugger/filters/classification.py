@@ -12,6 +12,7 @@ call. For parallel throughput, build one filter per thread.
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ import torch
 from torch import nn
 
 from ml_debugger.core.scoring import Scorer, load_scorer
-from ml_debugger.core.signals import softmax_signals
+from ml_debugger.core.signals import softmax_signals, stability_signals
+from ml_debugger.core.stability import StabilityConfig, perturb
 from ml_debugger.core.store import ResultInfo, Store
 from ml_debugger.errors import ModelError, UsageError
 from ml_debugger.filters._hook import FeatureHook
@@ -74,6 +76,15 @@ class ClassificationDataFilter:
         The mldbg database (default ``./mldbg.duckdb`` or ``$MLDBG_DB``); read once, then closed.
     device
         Move the model there first (``"cpu"``, ``"cuda"``); default: leave it where it is.
+    stability
+        Compute the stability signals in real time, as ``--stability K`` did for the result's
+        runs: K perturbed copies of each batch in one extra forward pass (with K=4 on the demo's
+        small CNN, a batch of 64 cost 6.6x the bare call; see BENCHMARKS.md). Needed for, and only
+        for, results fitted with stability.
+    mc_dropout
+        With ``stability``: switch the model's dropout on in the perturbed copies (default: as the
+        runs' settings say). A ``.pt2`` or TorchScript model was exported in eval mode, so its
+        extraction had no MC-dropout: pass ``False`` to score its live module the same way.
     record, run_name
         Also store every scored input as an unlabelled run (``run_name``, default
         ``{model}_{version}_pool``) with its scores under the result, written in the background
@@ -99,6 +110,8 @@ class ClassificationDataFilter:
         device: str | torch.device | None = None,
         record: bool = False,
         run_name: str | None = None,
+        stability: bool = False,
+        mc_dropout: bool | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise UsageError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -106,18 +119,26 @@ class ClassificationDataFilter:
         self.db = db
         with Store(db, read_only=True) as store:
             self.result = find_result(store, TASK, model_name, version_name, result_name)
-            if self.result.stability:
+            eval_run = store.require_run(self.result.eval_run)
+            if self.result.stability and not stability:
                 raise UsageError(
-                    f"result {self.result.name} was fitted with --stability signals, which real time does not "
-                    "compute; evaluate a run extracted without --stability for real-time use"
+                    f"result {self.result.name} was fitted with --stability {eval_run.stability_k} signals; pass "
+                    f"stability=True (each call then runs {eval_run.stability_k} perturbed copies too), or use a "
+                    "result fitted on a run extracted without --stability"
                 )
-            layer = store.require_run(self.result.eval_run).feature_layer
+            if stability and not self.result.stability:
+                raise UsageError(f"result {self.result.name} has no stability signals; leave stability=False")
+            layer = eval_run.feature_layer
             self.scorer: Scorer = load_scorer(store, self.result)
         self.model = model.to(device) if device is not None else model
         self.model_name, self.version_name = model_name, version_name
         self.last: pl.DataFrame | None = None
         self._counter = itertools.count()
         self._hook = FeatureHook(self.model, target_layers, layer)
+        self._stability = StabilityConfig(**eval_run.settings["stability"]) if stability else None
+        if self._stability is not None and mc_dropout is not None:
+            self._stability = replace(self._stability, mc_dropout=mc_dropout)
+        self._dropouts = [m for m in self.model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
         self._recorder: ClassificationTracer | None = None
         self._scores: list[pl.DataFrame] = []
         if record:
@@ -127,7 +148,7 @@ class ClassificationDataFilter:
                     raise UsageError(f"a run named {name!r} exists; pass run_name=… or `mldbg runs drop {name}`")
             self._recorder = ClassificationTracer(
                 self.model, model_name, version_name, db=db, classes=self.result.classes, run_name=name,
-                hook=self._hook,
+                hook=self._hook, stability_k=eval_run.stability_k if stability else 0,
             )  # fmt: skip
 
     # -- the call -----------------------------------------------------------------------------
@@ -143,7 +164,8 @@ class ClassificationDataFilter:
         if len(input_ids) != n:
             raise UsageError(f"input_ids has {len(input_ids)} entries for a batch of {n}; give one id per input")
         out, logits, feats = self._hook(x)
-        cols = self._score(logits, feats)
+        extra = self._perturbed(x, [str(i) for i in input_ids], logits, feats) if self._stability else {}
+        cols = self._score(logits, feats, extra)
         self.last = pl.DataFrame(
             {
                 "input_ids": list(input_ids),
@@ -156,7 +178,7 @@ class ClassificationDataFilter:
         )
         if self._recorder is not None:
             ids = [str(i) for i in input_ids]
-            self._recorder.record(ids, [None] * n, logits, feats, "pool")
+            self._recorder.record(ids, [None] * n, logits, feats, "pool", extra or None)
             self._scores.append(_score_rows(ids, cols))
         if self.config is None:
             return out, [None] * n
@@ -179,7 +201,25 @@ class ClassificationDataFilter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _score(self, logits: torch.Tensor, f: torch.Tensor) -> dict[str, Any]:
+    def _perturbed(self, x: torch.Tensor, ids: list[str], logits: torch.Tensor, feats: torch.Tensor) -> dict:
+        """Stability signals from K perturbed copies (seeded per input id, as `extract` makes them)."""
+        cfg = self._stability
+        assert cfg is not None
+        dev = self._hook.device()
+        xp = perturb(x.to(dev) if dev is not None else x, ids, cfg)
+        on = cfg.mc_dropout and bool(self._dropouts)
+        for m in self._dropouts if on else ():
+            m.train(True)
+        try:
+            with torch.no_grad():
+                _, plogits, pfeats = self._hook(xp)
+        finally:
+            for m in self._dropouts if on else ():
+                m.train(False)
+        pred = logits.argmax(dim=1)
+        return {k: v for k, v in stability_signals(feats, pred, plogits, pfeats, cfg.k).items()}
+
+    def _score(self, logits: torch.Tensor, f: torch.Tensor, extra: dict) -> dict[str, Any]:
         if f.shape[1] != (self.result.feature_dim or 0):
             raise ModelError(
                 f"the hooked layer {self._hook.layer!r} gives {f.shape[1]} features, but result {self.result.name} "
@@ -191,6 +231,7 @@ class ClassificationDataFilter:
             )
         sig = softmax_signals(logits)
         outputs = {k: sig[k].numpy() for k in ("pred", "confidence", "margin", "entropy", "energy", "probs")}
+        outputs.update({k: v.numpy() for k, v in extra.items() if k != "flip_mask"})
         return self.scorer.score_arrays(outputs, f.numpy())
 
     # -- querying the store ---------------------------------------------------------------

@@ -64,12 +64,14 @@ class ClassificationTracer:
         classes: list[str] | None = None,
         run_name: str | None = None,
         hook: FeatureHook | None = None,
+        stability_k: int = 0,
     ) -> None:
         self._hook = hook or FeatureHook(model, target_layers, None)
         self.model_name, self.version_name = model_name, version_name
         self.db = resolve_db_path(db)
         self.classes = classes
         self.run_name = run_name
+        self.stability_k = stability_k  # set when record() is given stability signals
         self.run: str | None = None
         self.dataset_type: str | None = None
         self._writer: BatchWriter | None = None
@@ -97,14 +99,22 @@ class ClassificationTracer:
         return out
 
     def record(
-        self, ids: list[str], labels: list[int | None], logits: torch.Tensor, feats: torch.Tensor, dataset_type: str
+        self,
+        ids: list[str],
+        labels: list[int | None],
+        logits: torch.Tensor,
+        feats: torch.Tensor,
+        dataset_type: str,
+        stability: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        """Queue one batch whose forward pass has run already (logits and features on the CPU)."""
+        """Queue one batch whose forward pass has run already (logits and features on the CPU;
+        ``stability``: the signals of ``stability_signals`` when the caller computed them)."""
         self._open(dataset_type, any(v is not None for v in labels), logits.shape[1], feats.shape[1])
         if any(v is not None and not 0 <= v < logits.shape[1] for v in labels):
             raise UsageError(f"labels must be class indices 0..{logits.shape[1] - 1}")
         assert self._writer is not None
-        self._writer.add(RawBatch(ids=ids, paths=ids, labels=labels, signals=softmax_signals(logits), features=feats))
+        signals = {**softmax_signals(logits), **(stability or {})}
+        self._writer.add(RawBatch(ids=ids, paths=ids, labels=labels, signals=signals, features=feats))
         self._rows += len(ids)
 
     def _open(self, dataset_type: str, labelled: bool, n_classes: int, dim: int) -> None:
@@ -127,7 +137,7 @@ class ClassificationTracer:
             model_path=f"python:{type(self._hook.model).__name__}", model_format="python", model_sha256="",
             dataset_path=f"python:{dataset_type}", dataset_format="tracer",
             labelled=labelled and dataset_type != "pool",
-            classes=classes, feature_layer=self._hook.layer, feature_dim=dim, stability_k=0,
+            classes=classes, feature_layer=self._hook.layer, feature_dim=dim, stability_k=self.stability_k,
             settings={"dataset_type": dataset_type}, fingerprint=digest, mldbg_version=__version__,
         )  # fmt: skip
         with Store(self.db) as store:

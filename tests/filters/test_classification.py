@@ -94,8 +94,10 @@ def test_bad_input_is_refused_clearly(live, demo: DemoFiles, scored: Path) -> No
     wide = ClassificationDataFilter(net, "digits", "v1", target_layers="conv2", db=db)
     with pytest.raises(MldbgError, match="gives 32 features, but result .* was fitted on 64"):
         wide(x[:3])
-    with pytest.raises(MldbgError, match="fitted with --stability"):
+    with pytest.raises(MldbgError, match="fitted with --stability 4 signals; pass stability=True"):
         ClassificationDataFilter(net, "digits", "v1", db=scored)  # the scored fixture used K=4
+    with pytest.raises(MldbgError, match="has no stability signals"):
+        ClassificationDataFilter(net, "digits", "v1", db=db, stability=True)
 
 
 def test_concurrent_calls_are_serialised_and_each_gets_its_own_answer(live, demo: DemoFiles) -> None:
@@ -211,3 +213,29 @@ def test_record_stores_the_scored_inputs_as_a_queryable_run(live, demo: DemoFile
     assert len(picked) == 5 and set(picked) <= set(ids[:300])
     with pytest.raises(MldbgError, match="a run named 'live' exists"):
         ClassificationDataFilter(net, "digits", "v1", db=db, record=True, run_name="live")
+
+
+def test_real_time_stability_matches_the_extracted_stability(scored: Path, models: Models, demo: DemoFiles) -> None:
+    """The runs came from the .pt2 (exported in eval mode: no MC-dropout), so the live module is
+    scored without it too; noise and shifts are seeded per input id, so real time equals batch."""
+    import numpy as np
+
+    net = DigitsNet()
+    net.load_state_dict(torch.load(models.weights, weights_only=True))
+    net.eval()
+    f = ClassificationDataFilter(net, "digits", "v1", db=scored, stability=True, mc_dropout=False)
+    x, ids = _pool(demo)
+    torch.manual_seed(0)
+    lasts = []
+    for s in range(0, len(ids), 128):
+        f(x[s : s + 128], input_ids=ids[s : s + 128])
+        lasts.append(f.last)
+    assert not net.training and not any(m.training for m in net.modules())  # dropout switched back off
+    rt = pl.concat(lasts)
+    with Store(scored, read_only=True) as store:
+        (name,) = store.result_names()
+        batch = store.read_scores(name, "pool").select("sample_id", "error_proba", "zone")
+    both = rt.join(batch, left_on="input_ids", right_on="sample_id", suffix="_batch")
+    a, b = both["error_proba"].to_numpy(), both["error_proba_batch"].to_numpy()
+    assert both.height == len(ids) and float(np.abs(a - b).max()) < 1e-4
+    assert (both["zone"] == both["zone_batch"]).all()
