@@ -63,6 +63,18 @@ def compare(label: str, model: torch.nn.Module, f, x: torch.Tensor, rounds: int)
     )
 
 
+def cases(model: torch.nn.Module, name: str, label: str, x: torch.Tensor, y: torch.Tensor, rounds: tuple) -> None:
+    """Fit a result on (x, y) through the tracer, then time batch 64 and 1, without and with record."""
+    db = CACHE / f"filter_{name}.duckdb"
+    _result(db, model, name, x, y)
+    for record in (False, True):
+        with ClassificationDataFilter(model, name, "v1", filter_config={"target_zones": ZONES}, db=db,
+                                      record=record, run_name="recorded") as f:  # fmt: skip
+            tag = ", record=True" if record else ""
+            compare(f"{label}, batch 64{tag}", model, f, x[:64], rounds[0])
+            compare(f"{label}, batch 1{tag}", model, f, x[:1], rounds[1])
+
+
 def main() -> None:
     torch.set_num_threads(2)
     CACHE.mkdir(exist_ok=True)
@@ -76,29 +88,11 @@ def main() -> None:
         0
     ]
     y = torch.tensor(labels[20_000:22_000].astype(np.int64))
-    db_small = CACHE / "filter_small.duckdb"
-    _result(db_small, small, "small", x, y)
-    f_small = ClassificationDataFilter(small, "small", "v1", filter_config={"target_zones": ZONES}, db=db_small)
-    compare("small CNN 28 px, batch 64", small, f_small, x[:64], 200)
-    compare("small CNN 28 px, batch 1", small, f_small, x[:1], 500)
-    with ClassificationDataFilter(small, "small", "v1", filter_config={"target_zones": ZONES}, db=db_small,
-                                  record=True, run_name="recorded") as rec:  # fmt: skip
-        compare("small CNN 28 px, batch 64, record=True", small, rec, x[:64], 200)
-        compare("small CNN 28 px, batch 1, record=True", small, rec, x[:1], 500)
-
+    cases(small, "small", "small CNN 28 px", x, y, rounds=(200, 500))
     torch.manual_seed(0)
     big = MobileNetV2Like().eval()
-    xb = torch.randn(256, 3, 224, 224)
-    yb = torch.randint(0, 10, (256,))
-    db_big = CACHE / "filter_mobilenet.duckdb"
-    _result(db_big, big, "mobile", xb, yb)
-    f_big = ClassificationDataFilter(big, "mobile", "v1", filter_config={"target_zones": ZONES}, db=db_big)
-    compare("MobileNetV2-like 224 px, batch 64", big, f_big, xb[:64], 10)
-    compare("MobileNetV2-like 224 px, batch 1", big, f_big, xb[:1], 50)
-    with ClassificationDataFilter(big, "mobile", "v1", filter_config={"target_zones": ZONES}, db=db_big,
-                                  record=True, run_name="recorded") as rec:  # fmt: skip
-        compare("MobileNetV2-like 224 px, batch 64, record=True", big, rec, xb[:64], 10)
-        compare("MobileNetV2-like 224 px, batch 1, record=True", big, rec, xb[:1], 50)
+    cases(big, "mobile", "MobileNetV2-like 224 px", torch.randn(256, 3, 224, 224), torch.randint(0, 10, (256,)),
+          rounds=(10, 50))  # fmt: skip
     stability_case()
 
 
