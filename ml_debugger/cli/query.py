@@ -56,7 +56,7 @@ def query_command(
         opt(help="Split n between strategies, e.g. 'high_error_proba=0.6,diverse=0.2,random=0.2'.", show_default=False),
     ] = None,
     run: Annotated[
-        str | None, opt(help="Run to query (default: the most recently scored).", show_default=False)
+        str | None, opt(help="Run to query (default: the most recently scored unlabelled run).", show_default=False)
     ] = None,
     result: Annotated[
         str | None, opt(help="Result whose scores to use (default: the newest matching one).", show_default=False)

@@ -237,7 +237,7 @@ def run_query(
     result: str | None = None,
     dry_run: bool = False,
 ) -> QueryAnswer:
-    """Select samples of a scored run (by default the most recently scored one) and save them.
+    """Select samples of a scored run (by default the most recently scored unlabelled one) and save them.
 
     The run is scored first when ``result`` (or the newest matching result) has not scored
     it yet. Unless ``spec.include_selected``, samples already in a selection of the run are
@@ -254,7 +254,10 @@ def run_query(
             pairs = pairs.filter(pl.col("result") == result) if result else pairs
             if pairs.height == 0:
                 raise UsageError("no scored runs yet: run `mldbg score RUN` (or name one with --run)")
-            run = str(pairs["run"][0])
+            # An unlabelled pool is what one labels: the newest scored pool first, then any run.
+            labelled = {r["name"]: r["labelled"] for r in store.list_runs().iter_rows(named=True)}
+            pairs = pairs.with_columns(pl.col("run").replace_strict(labelled, default=True).alias("_labelled"))
+            run = str(pairs.sort(["_labelled", "scored"], descending=[False, True])["run"][0])
         info_run = store.require_run(run)
         info = find_result(store, info_run, result)
         check_compatible(info, info_run)

@@ -160,3 +160,10 @@ def test_copy_refuses_sample_ids_that_leave_the_folder(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="outside"):
         copy_images(rows, dest)
     assert not dest.exists() or not any(dest.rglob("*.png"))  # nothing copied before the check failed
+
+
+def test_default_run_is_the_newest_scored_pool_even_after_a_new_evaluation(db: Path) -> None:
+    r = runner.invoke(app, ["evaluate", "val", "--db", str(db), "--result-name", "later"])
+    assert r.exit_code == 0, r.output  # val now has the newest (out-of-fold) scores
+    ans = _query(db, "--n", "3", "--dry-run")
+    assert ans["run"] == "pool"
