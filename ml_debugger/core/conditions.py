@@ -9,6 +9,7 @@ SQL text or evaluated, so ``error_proba>=0;drop table`` is simply a malformed nu
 from __future__ import annotations
 
 import difflib
+import operator
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,8 @@ NUMERIC_COLUMNS = (
 TEXT_COLUMNS = ("zone", "predicted", "label_name", "error_code", "sample_id")
 COLUMNS = NUMERIC_COLUMNS + TEXT_COLUMNS
 OPERATORS = (">=", "<=", "==", "!=", ">", "<")
+# The comparison of each operator, for Polars expressions and NumPy arrays alike.
+OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt}
 _CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|!=|>|<)\s*(.*?)\s*$")
 
 
@@ -49,16 +52,7 @@ class Condition:
     value: float | str
 
     def expr(self) -> pl.Expr:
-        col = pl.col(self.column)
-        ops = {
-            ">=": col >= self.value,
-            "<=": col <= self.value,
-            "==": col == self.value,
-            "!=": col != self.value,
-            ">": col > self.value,
-            "<": col < self.value,
-        }
-        return ops[self.op]  # null compares to null, which a filter drops
+        return OPS[self.op](pl.col(self.column), self.value)  # null compares to null, which a filter drops
 
     def __str__(self) -> str:
         value = f"{self.value:g}" if isinstance(self.value, float) else self.value

@@ -8,7 +8,6 @@ arrays and the run's out-of-fold scores.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -25,8 +24,6 @@ from ml_debugger.core.store import ResultInfo, RunInfo, Store
 from ml_debugger.core.summary import evaluation_metrics
 from ml_debugger.core.zones import ZoneRules, assign, calibrate_stable, error_codes, parse_rules
 from ml_debugger.errors import UsageError
-
-log = logging.getLogger(__name__)
 
 TASK = "classification"
 

@@ -11,6 +11,7 @@ are searched with an inverted file (``ivf.py``) instead of exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,11 @@ class Scorer:
             scored = scored.with_columns(pl.lit(None, dtype=pl.Int32).alias("label"))
         return scored.with_columns(error_codes(scored, self.result.classes))
 
+    @cached_property
+    def class_names(self) -> np.ndarray:
+        """The result's class names as an array, for indexing by predicted class (built once)."""
+        return np.asarray(self.result.classes, dtype=object)
+
     def score_arrays(self, outputs: dict[str, np.ndarray], features: np.ndarray) -> dict[str, np.ndarray]:
         """``score_frame`` without Polars, for real time: ``outputs`` holds NumPy arrays of the
         softmax signals (pred, confidence, margin, entropy, energy, probs ``[n, C]``, and with
@@ -118,7 +124,7 @@ class Scorer:
             stability=sig["stability"] if measured else None,
             flip_rate=sig["flip_rate"] if measured else None,
         )
-        sig["predicted"] = np.asarray(self.result.classes, dtype=object)[np.asarray(sig["pred"], dtype=np.int64)]
+        sig["predicted"] = self.class_names[np.asarray(sig["pred"], dtype=np.int64)]
         return sig
 
 

@@ -6,17 +6,15 @@ typo fails at construction rather than mid-inference.
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 
-from ml_debugger.core.conditions import Condition, filter_expr, parse_conditions, parse_zones
+from ml_debugger.core.conditions import OPS, Condition, filter_expr, parse_conditions, parse_zones
 from ml_debugger.errors import UsageError
 
 _KEYS = ("target_zones", "conditions")
-_OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt}
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ class FilterConfig:
                 return [False] * n
             v = np.asarray(values)
             with np.errstate(invalid="ignore"):
-                hit = _OPS[c.op](v, c.value)
+                hit = OPS[c.op](v, c.value)
             if v.dtype.kind == "f":
                 hit &= ~np.isnan(v)
             keep &= np.asarray(hit, dtype=bool)
