@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-all lint bench clean
+.PHONY: venv demo test test-all lint bench screenshot clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/extract_overhead.py
+
+# The README's picture of the demo report (needs Debian's chromium).
+screenshot: $(STAMP)
+	test -f mldbg-demo/mldbg.duckdb || $(BIN)/mldbg demo mldbg-demo
+	cd mldbg-demo && ../$(BIN)/mldbg report --out report.html
+	$(BIN)/python -m tests.browser mldbg-demo/report.html docs/report.png 2300
 
 clean:
 	rm -rf $(VENV) mldbg-demo .pytest_cache .ruff_cache .mypy_cache

@@ -2,87 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from ml_debugger.cli._console import out, table
-
-# Mirrors core.summary / core.zones (kept here so rendering needs no numpy/polars import).
-_DETECTOR_LABELS = {
-    "error_proba": "error_proba (mldbg)",
-    "msp": "max softmax (MSP)",
-    "entropy": "entropy",
-    "doctor": "DOCTOR 1−Σp²",
-    "energy": "energy",
-    "trust_score": "kNN Trust Score",
-}
-_ZONE_INFO = {
-    "stable_coverage": ("Highly Stable", "not needed"),
-    "operational_coverage": ("Stable", "low priority"),
-    "hotspot": ("Unstable", "recommended"),
-    "recessive_hotspot": ("Under-Confidence", "recommended"),
-    "critical_hotspot": ("Over-Confidence", "highest priority"),
-    "aleatoric_hotspot": ("Outlier", "review needed"),
-}
-
-
-def _num(v: float | None, pattern: str = "{:.4f}") -> str:
-    return "–" if v is None else pattern.format(v)
+from ml_debugger.core.wording import class_rows, coverage_line, detector_rows, headline, threshold_rows, zone_rows
 
 
 def detector_table(metrics: dict[str, Any]) -> Table:
-    dets = metrics["detectors"]
-    thr = metrics.get("confident_threshold", 0.9)
-    cols = ["detector", "AUROC", "AUPR-error", "FPR@95%TPR", f"AUROC conf≥{thr:g}"]
-    rows = [
-        (
-            _DETECTOR_LABELS.get(name, name),
-            _num(d["auroc"]),
-            _num(d["aupr_error"]),
-            _num(d["fpr95"]),
-            _num(d.get("auroc_confident")),
-        )
-        for name, d in dets.items()
-    ]
-    title = f"error detection on {metrics['samples']:,} labelled samples ({metrics['errors']:,} errors), out-of-fold"
+    title, cols, rows = detector_rows(metrics)
     return table(title, cols, rows, numeric=cols[1:], no_wrap=("detector",))
-
-
-def headline(metrics: dict[str, Any]) -> str:
-    """One sentence: does error_proba beat the best baseline?"""
-    ours = metrics["detectors"]["error_proba"]["auroc"]
-    best = metrics.get("best_baseline")
-    if ours is None or not best:
-        return "AUROC undefined (the labelled run needs both errors and correct predictions)"
-    diff = ours - best["auroc"]
-    verdict = "beats" if diff > 0 else "does not beat"
-    line = (
-        f"error_proba AUROC {ours:.4f} {verdict} the best baseline, "
-        f"{_DETECTOR_LABELS.get(best['name'], best['name'])} ({best['auroc']:.4f}), by {diff:+.4f}"
-    )
-    ci = best.get("versus")
-    if ci and ci.get("lo") is not None:
-        line += f" (95% bootstrap interval {ci['lo']:+.4f} to {ci['hi']:+.4f})"
-    return line
-
-
-def zone_rows(zones: list[dict], *, labels: bool = True) -> tuple[list[str], list[list[Any]]]:
-    labelled = any("error_rate" in z for z in zones)
-    cols = ["zone", *(["label"] if labels else []), "samples", "share"]
-    cols += (["error rate", "95% interval"] if labelled else []) + ["collection"]
-    rows = []
-    for z in zones:
-        label, collection = _ZONE_INFO[z["zone"]]
-        row: list[Any] = [z["zone"], *([label] if labels else []), z["count"], f"{z['share']:.1%}"]
-        if labelled:
-            rate = z.get("error_rate")
-            row += [
-                "–" if rate is None else f"{rate:.1%}",
-                "–" if not z["count"] else f"{z['error_lo']:.1%}–{z['error_hi']:.1%}",
-            ]
-        rows.append([*row, collection])
-    return cols, rows
 
 
 # Below this terminal width the zone table leaves out the zone labels ("Highly Stable", ...).
@@ -94,48 +26,13 @@ def zone_table(zones: list[dict], title: str) -> Table:
     return table(title, cols, rows, numeric=("samples", "share", "error rate", "95% interval"), no_wrap=("zone",))
 
 
-def coverage_line(metrics: dict[str, Any]) -> str | None:
-    cov = metrics.get("coverage")
-    if not cov:
-        return None
-    if cov["cutoff"] is None:
-        return (
-            f"stable_coverage: empty — no cut-off keeps its error rate under {cov['target']:.1%} "
-            f"with {cov['level']:.0%} confidence"
-        )
-    return (
-        f"stable_coverage promise: error rate ≤ {cov['target']:.1%} ({cov['level']:.0%} upper bound "
-        f"{cov['upper_bound']:.2%} from {cov['errors']} error(s) in {cov['n']:,} samples; "
-        f"error_proba ≤ {cov['cutoff']:.4f})"
-    )
-
-
 def class_table(metrics: dict[str, Any]) -> Table:
-    cols = ["class", "samples", "accuracy", "AUROC", "AUROC MSP", "coverage", "coverage err", "critical"]
-    rows = [
-        (
-            c["class"],
-            c["samples"],
-            f"{c['accuracy']:.1%}",
-            _num(c["auroc"], "{:.3f}"),
-            _num(c["auroc_msp"], "{:.3f}"),
-            f"{c['coverage_share']:.0%}",
-            "–" if c["coverage_error_rate"] is None else f"{c['coverage_error_rate']:.1%}",
-            c["critical"],
-        )
-        for c in metrics["classes"]
-    ]
+    cols, rows = class_rows(metrics["classes"])
     return table("per class (true label)", cols, rows, numeric=cols[1:])
 
 
 def threshold_table(thresholds: dict[str, Any]) -> Table:
-    glob = thresholds["global"]
-    per_class = thresholds.get("per_class", {})
-    cols = ["threshold", "value", *per_class]
-    rows = [
-        [key, "–" if v is None else f"{v:.4g}", *("" if key not in o else f"{o[key]:.4g}" for o in per_class.values())]
-        for key, v in glob.items()
-    ]
+    cols, rows = threshold_rows(thresholds)
     return table("zone thresholds", cols, rows, numeric=("value",))
 
 
@@ -148,3 +45,74 @@ def print_evaluation(metrics: dict[str, Any]) -> None:
     line = coverage_line(metrics)
     if line:
         out.print(line)
+
+
+# The report's YlOrRd colour scale, sampled for the terminal: (position, (r, g, b)).
+_SCALE = (
+    (0.0, (255, 255, 204)),
+    (0.25, (254, 217, 118)),
+    (0.5, (253, 141, 60)),
+    (0.75, (227, 26, 28)),
+    (1.0, (128, 0, 38)),
+)
+
+
+def _colour(t: float) -> tuple[int, int, int]:
+    t = min(1.0, max(0.0, t))
+    for (a, ca), (b, cb) in itertools.pairwise(_SCALE):
+        if t <= b:
+            f = (t - a) / (b - a)
+            return tuple(round(x + (y - x) * f) for x, y in zip(ca, cb, strict=True))  # type: ignore[return-value]
+    return _SCALE[-1][1]
+
+
+def _style(t: float) -> str:
+    r, g, b = _colour(t)
+    fg = "black" if t < 0.6 else "white"
+    return f"{fg} on rgb({r},{g},{b})"
+
+
+def _edge(v: float) -> str:
+    """0.95 → .95; 0 and 1 stay whole: short column headers."""
+    s = f"{v:.3f}".rstrip("0").rstrip(".")
+    return s[1:] if s.startswith("0.") else s
+
+
+def heatmap_table(view: Any) -> Table:
+    """A heatmap as a rich table: rows are the y bins (highest on top), columns the x bins; each
+    cell shows its rate and sample count on a colour scale from 0 to the grid's ``zmax``."""
+    from rich import box
+
+    g = view.grid
+    who = "all classes" if g.class_name is None else f"predicted {g.class_name}"
+    title = (
+        f"{g.rate_label} over {g.x.label} (columns) × {g.y.label} (rows): run {view.run}, {who}; "
+        "each bin runs from the value shown to the next"
+    )
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
+    t.add_column(g.y.column, justify="right", no_wrap=True, min_width=len(g.y.column))
+    e = g.x.edges
+    for i in range(len(e) - 1):
+        t.add_column(f"≥{_edge(e[i])}", justify="center", no_wrap=True)
+    rate, count, top = g.rate.tolist(), g.count.tolist(), g.zmax
+    ye = g.y.edges
+    for yi in reversed(range(len(ye) - 1)):
+        cells: list[Any] = [f"≥{_edge(ye[yi])}"]
+        for xi in range(len(e) - 1):
+            n = count[yi][xi]
+            if n == 0:
+                cells.append(Text("·", style="dim"))
+            else:
+                v = rate[yi][xi]
+                cells.append(Text(f"{v:.0%}\n{n:,}", style=_style(v / top)))
+        t.add_row(*cells)
+    return t
+
+
+def heatmap_legend(view: Any) -> Text:
+    top = view.grid.zmax
+    line = Text(f"colour: {view.grid.rate_label}, 0% ")
+    for i in range(9):
+        line.append("  ", style=_style(i / 8))
+    line.append(f" {top:.0%} and above; each cell: rate, then samples; · no samples")
+    return line

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from ml_debugger import __version__
-from ml_debugger.cli import demo, evaluate, export, extract, query, results, runs, show
+from ml_debugger.cli import demo, evaluate, export, extract, query, report, results, runs, show
 from ml_debugger.cli._console import configure_logging, user_errors
 from ml_debugger.cli._options import opt
 from ml_debugger.cli._settings import load_settings
@@ -62,6 +62,7 @@ app.add_typer(results.app, name="results")
 app.command("query")(query.query_command)
 app.add_typer(query.app, name="selections")
 app.command("export")(export.export_command)
+app.command("report")(report.report_command)
 app.command("show")(show.show_command)
 app.command("demo")(demo.demo_command)
 

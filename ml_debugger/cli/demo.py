@@ -9,7 +9,8 @@ import typer
 
 from ml_debugger.cli._console import out, print_json, progress_bar, status, user_errors
 from ml_debugger.cli._options import JsonOption, opt
-from ml_debugger.cli._render import coverage_line, headline, zone_table
+from ml_debugger.cli._render import zone_table
+from ml_debugger.core.wording import coverage_line, headline
 
 
 def demo_command(

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated, Any
 
 import typer
 
 from ml_debugger.cli._console import fmt, kv_table, out, print_json, table, user_errors
-from ml_debugger.cli._options import DbOption, JsonOption
+from ml_debugger.cli._options import DbOption, JsonOption, opt
+
+
+class HeatmapAxes(str, Enum):
+    confidence_stability = "confidence-stability"
+    error_proba_ood = "error_proba-ood"
+
 
 # Skipped files listed in the terminal (all of them are in --json).
 _MAX_SKIPPED_SHOWN = 20
@@ -17,15 +24,37 @@ def show_command(
     name: Annotated[
         str, typer.Argument(help="A run (see `mldbg runs`) or a result (see `mldbg results`).", show_default=False)
     ],
+    heatmap: Annotated[
+        bool, opt(help="Draw the heatmap of error rate over confidence × stability (or --axes) instead.")
+    ] = False,
+    axes: Annotated[
+        HeatmapAxes, opt(help="With --heatmap: the two columns binned.")
+    ] = HeatmapAxes.confidence_stability,
+    class_name: Annotated[
+        str | None, opt("--class", help="With --heatmap: one predicted class only.", show_default=False)
+    ] = None,
+    scored_run: Annotated[
+        str | None,
+        opt(
+            "--run",
+            help="With --heatmap: a scored run (default: the result's labelled run).",
+            show_default=False,
+        ),
+    ] = None,
     db: DbOption = None,
     json: JsonOption = False,
 ) -> None:
     """Show one run (counts, accuracy, classes, skipped files) or one result (metrics, zones).
 
     A result shows its metrics beside the baselines, thresholds, zone table and per-class table.
+    With --heatmap, a result (or a scored run) is drawn as a heatmap of its observed error rate
+    (or, unlabelled, its mean error_proba) with sample counts, overall or for one --class.
 
-    Example: mldbg show val
+    Example: mldbg show val; mldbg show my_result --heatmap --class 8
     """
+    if heatmap:
+        _show_heatmap(name, run=scored_run, axes=axes.value, class_name=class_name, db=db, json=json)
+        return
     with user_errors():
         from ml_debugger.core.store import Store
 
@@ -86,6 +115,28 @@ def show_command(
     for pair in details["scored_by"]:
         kind = "out-of-fold scores" if pair["out_of_fold"] else "scores"
         out.print(f"{kind} of {fmt(pair['n'])} samples by result {pair['result']} ({fmt(pair['scored'])})")
+
+
+def _show_heatmap(name: str, *, run: str | None, axes: str, class_name: str | None, db: str | None, json: bool) -> None:
+    from ml_debugger.cli._render import heatmap_legend, heatmap_table
+
+    with user_errors():
+        from ml_debugger.core.report import heatmap
+        from ml_debugger.core.store import Store
+
+        with Store(db, read_only=True) as store:
+            is_result = store.get_result(name) is not None
+            if not is_result and store.get_run(name) is None:
+                _not_found(store, name)
+        if is_result:
+            view = heatmap(name, run=run, kind=axes, class_name=class_name, db=db)
+        else:
+            view = heatmap(None, run=name, kind=axes, class_name=class_name, db=db)
+    if json:
+        print_json({"result": view.result, "run": view.run, **view.grid.to_dict()})
+        return
+    out.print(heatmap_table(view))
+    out.print(heatmap_legend(view))
 
 
 def _not_found(store: Any, name: str) -> None:

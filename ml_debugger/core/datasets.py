@@ -238,7 +238,8 @@ def open_dataset(
     fmt = format or detect_format(root)
     if fmt != "manifest" and not root.is_dir():
         raise DatasetError(f"--format {fmt} needs a directory, but {root} is a file")
-    dataset = FORMATS[fmt](root, classes)
+    # Absolute paths, so images stay readable (report thumbnails, export --copy-to) from any folder.
+    dataset = FORMATS[fmt](root.absolute(), classes)
     if not len(dataset):
         raise DatasetError(f"dataset {root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); check the path")
     return dataset

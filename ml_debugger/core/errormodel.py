@@ -43,6 +43,11 @@ STABILITY_SIGNALS = ("stability", "flip_rate", "perturbed_confidence")
 KNN_SIGNALS = ("knn_disagree", "log_trust", "log_class_ratio", "knn_distance")
 
 
+def doctor_expr() -> pl.Expr:
+    """DOCTOR's 1 − Σp² from a row's probability list."""
+    return (1 - pl.col("probs").list.eval(pl.element().pow(2)).list.sum()).alias("doctor")
+
+
 def signal_frame(outputs: pl.DataFrame, knn: dict[str, Any]) -> pl.DataFrame:
     """Every signal the error model and the baselines use, one row per sample of ``outputs``.
 
@@ -53,7 +58,7 @@ def signal_frame(outputs: pl.DataFrame, knn: dict[str, Any]) -> pl.DataFrame:
     frame = outputs.with_columns(pl.Series(k, v) for k, v in knn.items())
     derived = [
         (c / (1 - c)).log().alias("confidence_logit"),
-        (1 - pl.col("probs").list.eval(pl.element().pow(2)).list.sum()).alias("doctor"),
+        doctor_expr(),
     ]
     for source, name in (("trust_score", "log_trust"), ("class_ratio", "log_class_ratio")):
         if source in frame.columns:

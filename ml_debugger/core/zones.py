@@ -140,7 +140,7 @@ def parse_rules(section: dict[str, Any], classes: list[str], where: str = "zones
     return ZoneRules(thresholds, per_class)
 
 
-def _th(rules: ZoneRules, key: str) -> pl.Expr:
+def threshold_expr(rules: ZoneRules, key: str) -> pl.Expr:
     """The threshold ``key`` for each row's predicted class, as an expression."""
     default = rules.thresholds.get(key)
     mapping = {cls: v[key] for cls, v in rules.per_class.items() if key in v}
@@ -148,6 +148,9 @@ def _th(rules: ZoneRules, key: str) -> pl.Expr:
     if not mapping:
         return base
     return pl.col("pred").replace_strict(mapping, default=base, return_dtype=pl.Float64)
+
+
+_th = threshold_expr
 
 
 def zone_expr(rules: ZoneRules) -> pl.Expr:

@@ -1,0 +1,128 @@
+"""What a report is about: a result, the run it describes, and that run's scored rows.
+
+``load`` resolves the names the user gave (a result, a run, both or neither) the way ``query``
+does, and says which command to run when the run has no scores yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from ml_debugger.core.store import ResultInfo, RunInfo, Store
+from ml_debugger.errors import UsageError
+
+# What the report reads of each scored sample (no feature vectors, no probability lists).
+COLUMNS = (
+    "sample_id",
+    "path",
+    "label",
+    "pred",
+    "confidence",
+    "entropy",
+    "energy",
+    "stability",
+    "flip_rate",
+    "error_proba",
+    "ood_score",
+    "zone",
+    "error_code",
+    "trust_score",
+)
+
+
+@dataclass(frozen=True)
+class ReportData:
+    result: ResultInfo
+    run: RunInfo
+    frame: pl.DataFrame  # the run's scored rows, with is_error (null where unlabelled)
+    reference: pl.DataFrame  # the result's labelled run, out-of-fold (the same frame when run is it)
+    out_of_fold: bool
+    db_path: Path
+    # Detector, zone and class metrics: the result's own (out-of-fold) for its labelled run,
+    # measured here for another labelled run (held out), None for an unlabelled run.
+    metrics: dict[str, Any] | None = None
+
+    @property
+    def task(self) -> str:
+        return self.result.task
+
+    @property
+    def is_eval_run(self) -> bool:
+        return self.run.name == self.result.eval_run
+
+    @property
+    def labelled(self) -> bool:
+        return self.frame.height > 0 and self.frame["is_error"].null_count() == 0
+
+    @property
+    def classes(self) -> list[str]:
+        return self.result.classes
+
+
+def _frame(store: Store, result: str, run: str) -> pl.DataFrame:
+    frame = store.scan_scores(result, run).select(COLUMNS).collect()
+    return frame.with_columns(
+        pl.when(pl.col("label").is_null()).then(None).otherwise(pl.col("pred") != pl.col("label")).alias("is_error")
+    )
+
+
+def resolve(store: Store, result: str | None, run: str | None) -> tuple[ResultInfo, RunInfo]:
+    """The (result, run) pair a report is about; the run must have scores under the result."""
+    if result is None and run is None:
+        names = store.result_names()
+        if not names:
+            raise UsageError(f"no results in {store.path} yet; fit one with `mldbg evaluate LABELLED_RUN`")
+        info = store.require_result(names[-1])
+        return info, store.require_run(info.eval_run)
+    if result is None:
+        assert run is not None
+        target = store.require_run(run)
+        pairs = [p["result"] for p in store.scored_pairs().to_dicts() if p["run"] == run]
+        if not pairs:
+            raise UsageError(f"run {run!r} has no scores yet; score it first with `mldbg score {run}`")
+        return store.require_result(pairs[0]), target
+    info = store.require_result(result)
+    target = store.require_run(run or info.eval_run)
+    if store.scored_info(info.name, target.name) is None:
+        raise UsageError(
+            f"run {target.name!r} has no scores under result {info.name}; "
+            f"score it first with `mldbg score {target.name} --result {info.name}`"
+        )
+    return info, target
+
+
+def load(store: Store, result: str | None = None, run: str | None = None) -> ReportData:
+    """Read everything a report draws for ``run`` under ``result`` (defaults: see ``resolve``)."""
+    info, target = resolve(store, result, run)
+    frame = _frame(store, info.name, target.name)
+    reference = frame if target.name == info.eval_run else _frame(store, info.name, info.eval_run)
+    scored: dict[str, Any] = store.scored_info(info.name, target.name) or {}
+    data = ReportData(info, target, frame, reference, bool(scored.get("out_of_fold")), Path(str(store.path)))
+    if data.is_eval_run:
+        return replace(data, metrics=info.metrics)
+    if data.labelled:
+        return replace(data, metrics=held_out_metrics(store, data))
+    return data
+
+
+def held_out_metrics(store: Store, data: ReportData) -> dict[str, Any]:
+    """Error_proba beside the baselines, zones and classes measured on a labelled run other than
+    the result's own: held out, since the error model never saw these labels."""
+    from ml_debugger.core.errormodel import doctor_expr
+    from ml_debugger.core.summary import evaluation_metrics
+
+    probs = store.read_scores(data.result.name, data.run.name).select("sample_id", doctor_expr())
+    frame = data.frame.join(probs, on="sample_id", how="left")
+    cfg = data.result.config
+    metrics = evaluation_metrics(
+        frame,
+        data.classes,
+        confident=float(cfg["evaluate"]["confident"]),
+        level=float(cfg["zones"]["coverage_level"]),
+    )
+    metrics["out_of_fold"] = False
+    return metrics
