@@ -21,7 +21,7 @@ DbOption = Annotated[
     typer.Option(
         "--db",
         envvar="MLDBG_DB",
-        help="DuckDB file of mldbg [default: ./mldbg.duckdb].",
+        help="DuckDB file of mldbg (default: ./mldbg.duckdb).",
         show_default=False,
     ),
 ]

@@ -21,7 +21,7 @@ def report_command(
     ] = None,
     out_path: Annotated[
         str | None,
-        opt("--out", "-o", help="HTML file [default: RESULT.html; RUN.html with --run].", show_default=False),
+        opt("--out", "-o", help="HTML file (default: RESULT.html; RUN.html with --run).", show_default=False),
     ] = None,
     gallery: Annotated[int, opt(help="Samples per gallery zone (0: no gallery).", min=0)] = 24,
     db: DbOption = None,

@@ -72,7 +72,7 @@ def test_a_pool_report_compares_zone_shares_and_ood_with_the_labelled_run(report
     assert "shift" in sections and "predicted" in sections
     assert "confusion" not in sections and "calibration" not in sections  # the pool is unlabelled
     assert "flagged OOD" in page and "mean error_proba (no labels" in page
-    assert "an unlabelled run" in page
+    assert "an unlabelled run" in page and "expected errors" in page
 
 
 def test_a_labelled_held_out_run_gets_held_out_metrics(scored: Path, demo: DemoFiles, tmp_path: Path) -> None:

@@ -90,6 +90,9 @@ def overview(data: ReportData, opts: Options) -> Section:
     ]
     if m is not None and m.get("accuracy") is not None:
         facts.insert(5, ("accuracy", f"{m['accuracy']:.2%} ({m['errors']:,} errors)"))
+    elif data.frame.height:
+        expected = float(data.frame["error_proba"].sum())
+        facts.insert(5, ("expected errors", f"{expected:,.1f} (Σ error_proba: {expected / data.frame.height:.1%})"))
     body = table(["", ""], facts, cls="kv")
     if m is not None:
         title, cols, rows = detector_rows(m)
