@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ml_debugger.core.demo import PREPROCESS, DemoFiles, build_demo
+from ml_debugger.core.detection.demo import DetectionDemo, build_detection_demo
 from ml_debugger.core.extract import ExtractRequest, extract
 from ml_debugger.core.stability import StabilityConfig
 
@@ -63,6 +64,12 @@ def extracted(demo: DemoFiles, tmp_path_factory: pytest.TempPathFactory) -> Path
         db=db,
     )  # fmt: skip
     return db
+
+
+@pytest.fixture(scope="session")
+def det_demo(tmp_path_factory: pytest.TempPathFactory) -> DetectionDemo:
+    """The procedural detection demo: det_val (COCO), det_pool (unlabelled), the tiny detector."""
+    return build_detection_demo(tmp_path_factory.mktemp("det_demo"))
 
 
 @pytest.fixture

@@ -36,8 +36,11 @@ _ROUNDS = 16
 @dataclass(frozen=True)
 class Detections:
     """The kept boxes of one image: ``boxes [K, 4]``, ``probs [K, C]``, ``labels [K]``,
-    ``scores [K]`` (the label's probability), ``features [K, D]`` and ``index [K]`` (each box's
-    row among the image's candidates)."""
+    ``scores [K]`` (the label's probability), ``features [K, D]``, ``index [K]`` (each box's row
+    among the image's candidates), and MetaDetect-style overlap signals: ``n_candidates [K]``
+    (candidates of its class above the score threshold it suppressed or overlaps above the NMS
+    IoU), ``candidate_iou [K]`` (their mean IoU with it) and ``max_iou_other [K]`` (its largest
+    IoU with another kept box, any class)."""
 
     boxes: torch.Tensor
     probs: torch.Tensor
@@ -45,6 +48,9 @@ class Detections:
     scores: torch.Tensor
     features: torch.Tensor
     index: torch.Tensor
+    n_candidates: torch.Tensor
+    candidate_iou: torch.Tensor
+    max_iou_other: torch.Tensor
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -152,5 +158,14 @@ def postprocess(
         scores, labels = probs.max(-1)
         idx = torch.nonzero(scores >= score_thresh).reshape(-1)
         keep = idx[nms(boxes[idx], scores[idx], labels[idx], iou_thresh)][:max_detections]
-        kept.append(Detections(boxes[keep], probs[keep], labels[keep], scores[keep], feats[keep], keep))
+        kb = boxes[keep]
+        ious = box_iou(kb, boxes[idx])
+        near = (ious > iou_thresh) & (labels[keep][:, None] == labels[idx][None, :]) & (keep[:, None] != idx[None, :])
+        n_near = near.sum(1)
+        mean_iou = (ious * near).sum(1) / n_near.clamp(min=1)
+        others = box_iou(kb, kb).fill_diagonal_(0.0)
+        max_other = others.max(1).values if len(keep) > 1 else torch.zeros(len(keep))
+        kept.append(
+            Detections(kb, probs[keep], labels[keep], scores[keep], feats[keep], keep, n_near, mean_iou, max_other)
+        )
     return kept

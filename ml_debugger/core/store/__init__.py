@@ -9,6 +9,7 @@ The tables are listed in ``_schema.py``; runs and results each have their own mo
 from __future__ import annotations
 
 from ml_debugger.core.store._base import DB_ENV, DEFAULT_DB, resolve_db_path
+from ml_debugger.core.store._detection import DetectionMixin
 from ml_debugger.core.store._results import ResultInfo, ResultsMixin
 from ml_debugger.core.store._runs import RunInfo, RunsMixin
 from ml_debugger.core.store._schema import MIGRATIONS, SCHEMA_VERSION
@@ -27,7 +28,7 @@ __all__ = [
 ]
 
 
-class Store(RunsMixin, ResultsMixin, SelectionsMixin):
+class Store(RunsMixin, ResultsMixin, SelectionsMixin, DetectionMixin):
     """An open mldbg database.
 
     Parameters

@@ -103,6 +103,8 @@ class RunsMixin(StoreBase):
             con.execute("DELETE FROM selections WHERE run = ?", [run.name])
             for table in ("outputs", "samples", "skipped", "scores", "scored", *self._feature_tables()):
                 con.execute(f"DELETE FROM {table} WHERE run = ?", [run.name])
+            for table in ("images", "boxes", "gt_boxes", *self._feature_tables("box_features_")):
+                con.execute(f"DELETE FROM {table} WHERE run = ?", [run.name])
             con.execute("DELETE FROM runs WHERE name = ?", [run.name])
 
     def list_runs(self) -> pl.DataFrame:
@@ -120,9 +122,9 @@ class RunsMixin(StoreBase):
         ).pl()
 
     # -- samples and outputs ----------------------------------------------------------------
-    def _feature_tables(self) -> list[str]:
+    def _feature_tables(self, prefix: str = "features_") -> list[str]:
         rows = self.con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'features_%'"
+            "SELECT table_name FROM information_schema.tables WHERE starts_with(table_name, ?)", [prefix]
         ).fetchall()
         return [r[0] for r in rows]
 

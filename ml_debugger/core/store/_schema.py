@@ -15,6 +15,11 @@ scores    (result, run, sample_id, error_proba, ood_score, zone, error_code, kNN
 scored    (result, run, n, out_of_fold, scored)     which (result, run) pairs are cached
 selections       (id "sel-N", seq, run, result, strategy JSON, n, created)
 selection_items  (selection, rank, sample_id)        the ordered answer of a query
+images    (run, sample_id, width, height, n_boxes)  detection: each image's size and kept boxes
+boxes     (run, sample_id, box, x1, y1, x2, y2, label, score, probs, entropy, margin,
+           n_candidates, candidate_iou, max_iou_other)  detection: the boxes mldbg kept
+box_features_{d} (run, sample_id, box, feature FLOAT[d])  one table per width, as features_{d}
+gt_boxes  (run, sample_id, box, cls, x1, y1, x2, y2, crowd)  detection ground truth (pixels)
 
 ``(run, sample_id)`` is unique by construction (an extraction commits whole batches and skips
 ids already stored), not by a PRIMARY KEY: DuckDB rewrites an ART index at every checkpoint,
@@ -163,11 +168,55 @@ def _m4_selections(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def _m5_detection(con: duckdb.DuckDBPyConnection) -> None:
+    # 2D detection: per-image sizes, the kept boxes with their signals, and ground-truth boxes.
+    con.execute(
+        """
+        CREATE TABLE IF NOT EXISTS images (
+            run VARCHAR NOT NULL,
+            sample_id VARCHAR NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            n_boxes INTEGER NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS boxes (
+            run VARCHAR NOT NULL,
+            sample_id VARCHAR NOT NULL,
+            box INTEGER NOT NULL,
+            x1 FLOAT NOT NULL,
+            y1 FLOAT NOT NULL,
+            x2 FLOAT NOT NULL,
+            y2 FLOAT NOT NULL,
+            label INTEGER NOT NULL,
+            score FLOAT NOT NULL,
+            probs FLOAT[] NOT NULL,
+            entropy FLOAT NOT NULL,
+            margin FLOAT NOT NULL,
+            n_candidates INTEGER NOT NULL,
+            candidate_iou FLOAT NOT NULL,
+            max_iou_other FLOAT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS gt_boxes (
+            run VARCHAR NOT NULL,
+            sample_id VARCHAR NOT NULL,
+            box INTEGER NOT NULL,
+            cls INTEGER NOT NULL,
+            x1 FLOAT NOT NULL,
+            y1 FLOAT NOT NULL,
+            x2 FLOAT NOT NULL,
+            y2 FLOAT NOT NULL,
+            crowd BOOLEAN NOT NULL
+        );
+        """
+    )
+
+
 # MIGRATIONS[i] brings a file from schema i to schema i + 1. Append, never edit.
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     _m1_base,
     _m2_checkpoint,
     _m3_results,
     _m4_selections,
+    _m5_detection,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

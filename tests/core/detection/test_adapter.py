@@ -56,6 +56,12 @@ def test_postprocess_keeps_each_box_its_feature() -> None:
     assert sorted(det.index.tolist()) == [0, 2, 3]
     assert torch.equal(det.features, cand["features"][det.index])
     assert det.labels.tolist() == [int(cand["logits"][i].argmax()) for i in det.index]
+    # Overlap signals: box 0 suppressed box 1 (IoU 81/119); box 3 (another class) sits exactly on box 0.
+    i0 = det.index.tolist().index(0)
+    assert int(det.n_candidates[i0]) == 1 and float(det.candidate_iou[i0]) == pytest.approx(81 / 119)
+    assert float(det.max_iou_other[i0]) == pytest.approx(1.0)
+    i2 = det.index.tolist().index(2)
+    assert int(det.n_candidates[i2]) == 0 and float(det.max_iou_other[i2]) == 0.0
     (top,) = postprocess([cand], 1, score_thresh=0.0, iou_thresh=0.5, max_detections=2)
     assert len(top.index) == 2 and top.scores[0] >= top.scores[1]
     batched = {k: v[None] for k, v in cand.items()}

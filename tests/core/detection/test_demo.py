@@ -4,20 +4,14 @@ tiny detector, mldbg's post-processing and COCO matching find real errors of sev
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
 from ml_debugger.core.detection.adapter import postprocess
 from ml_debugger.core.detection.datasets import open_detection_dataset
-from ml_debugger.core.detection.demo import DetectionDemo, build_detection_demo, to_tensor
+from ml_debugger.core.detection.demo import DetectionDemo, to_tensor
 from ml_debugger.core.detection.matching import codes, match
 from ml_debugger.core.detection.scenes import CLASSES, make_scene
-
-
-@pytest.fixture(scope="module")
-def det_demo(tmp_path_factory: pytest.TempPathFactory) -> DetectionDemo:
-    return build_detection_demo(tmp_path_factory.mktemp("det"))
 
 
 def test_scenes_are_seeded_and_labelled_inside_the_image() -> None:

@@ -1,0 +1,349 @@
+"""``mldbg extract --task detection``: a detector's kept boxes, their features and the ground
+truth into the store.
+
+Images are decoded in worker processes (optionally resized to ``image_size`` square; by default
+kept at their size and zero-padded to the largest in the batch, top-left, so coordinates do not
+move), run through the detector, post-processed by mldbg (``adapter.postprocess``), scaled back
+to each image's own pixels, and committed batch by batch by a background writer, as the
+classification extraction does: an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+
+from ml_debugger import __version__
+from ml_debugger.core.datasets import read_classes_file
+from ml_debugger.core.detection.adapter import Detections, postprocess
+from ml_debugger.core.detection.datasets import DetectionDataset, open_detection_dataset
+from ml_debugger.core.extract import ProgressFn, _default_model_name, _fingerprint, _open_run, default_workers
+from ml_debugger.core.images import decode
+from ml_debugger.core.models import _load_factory, file_sha256, is_factory_spec, resolve_device
+from ml_debugger.core.store import RunInfo, Store, resolve_db_path
+from ml_debugger.core.writer import BatchWriter
+from ml_debugger.errors import DatasetError, Interrupted, ModelError, UsageError
+
+log = logging.getLogger(__name__)
+TASK = "detection"
+
+
+@dataclass(frozen=True)
+class DetectionRequest:
+    dataset: str
+    name: str
+    model: str
+    weights: str | None = None
+    model_name: str | None = None
+    model_version: str = "v1"
+    dataset_format: str | None = None
+    annotations: str | None = None
+    classes_file: str | None = None
+    image_size: int | None = None  # None: each image at its own size
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    score_thresh: float = 0.05
+    iou_thresh: float = 0.5
+    max_detections: int = 100
+    device: str = "auto"
+    batch_size: int = 16
+    workers: int | None = None
+    overwrite: bool = False
+    flush_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c in self.name for c in "/\\\n"):
+            raise UsageError(f"run name {self.name!r} is not valid; use letters, digits, '-', '_' or '.'")
+        if not 0.0 <= self.score_thresh < 1.0:
+            raise UsageError(f"--score-thresh {self.score_thresh} must be in [0, 1)")
+        if not 0.0 < self.iou_thresh <= 1.0:
+            raise UsageError(f"--iou-thresh {self.iou_thresh} must be in (0, 1]")
+        if self.max_detections < 1 or self.batch_size < 1:
+            raise UsageError("--max-detections and --batch-size must be at least 1")
+
+
+@dataclass(frozen=True)
+class DetectionSummary:
+    run: str
+    db: str
+    status: str
+    n_total: int
+    n_samples: int
+    n_skipped: int
+    n_new: int
+    n_boxes: int
+    n_gt_boxes: int
+    resumed: bool
+    seconds: float
+    labelled: bool
+    notes: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def load_detector(spec: str, *, weights: str | None, device: torch.device) -> tuple[Any, str, str]:
+    """(callable, format, sha256) for a ``.pt2``, TorchScript file or ``package.module:callable``."""
+    if is_factory_spec(spec):
+        module, sha = _load_factory(spec, weights, device)
+        return module, "factory", sha
+    path = Path(spec)
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist; pass a .pt2, TorchScript file or package.module:callable")
+    sha = file_sha256(path)
+    try:
+        if path.suffix.lower() in (".pt2", ".ep"):
+            return torch.export.load(str(path)).module().to(device), "export", sha
+        module = torch.jit.load(str(path), map_location=device)
+        return module.eval(), "torchscript", sha
+    except Exception as err:
+        raise ModelError(f"cannot load detector {path} ({type(err).__name__}: {err})") from None
+
+
+class _Images(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    def __init__(self, paths: list[str], size: int | None, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.paths, self.size = paths, size
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, Any, tuple[int, int], str | None]:
+        try:
+            img = decode(self.paths[i], 3)
+        except Exception as err:  # an undecodable file is recorded, never fatal
+            return i, None, (0, 0), f"{type(err).__name__}: {str(err).strip()[:250]}"
+        h, w = img.shape[1:]
+        if self.size is not None and (h, w) != (self.size, self.size):
+            img = F.interpolate(img[None], size=(self.size, self.size), mode="bilinear", antialias=True)[0]
+        return i, ((img - self.mean) / self.std).numpy(), (w, h), None
+
+
+def _collate(items: list[tuple[int, Any, tuple[int, int], str | None]]) -> tuple[Any, ...]:
+    ok = [(i, x, wh) for i, x, wh, e in items if x is not None]
+    failed = [(i, e or "unreadable") for i, x, _, e in items if x is None]
+    if not ok:
+        return [], None, [], failed
+    h = max(x.shape[1] for _, x, _ in ok)
+    w = max(x.shape[2] for _, x, _ in ok)
+    batch = np.zeros((len(ok), 3, h, w), dtype=np.float32)
+    for k, (_, x, _) in enumerate(ok):
+        batch[k, :, : x.shape[1], : x.shape[2]] = x
+    return [i for i, _, _ in ok], batch, [wh for _, _, wh in ok], failed
+
+
+def _frames(ids: list[str], paths: list[str], sizes: list[tuple[int, int]], dets: list[Detections],
+            scale: list[tuple[float, float]]) -> dict[str, Any]:  # fmt: skip
+    """Rows of one batch: samples, images, boxes (in each image's own pixels) and features."""
+    rows: dict[str, list[Any]] = {k: [] for k in ("sample_id", "box")}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("xyxy", "label", "score", "probs", "n", "ciou", "other")}
+    for sid, (w, h), (sx, sy), d in zip(ids, sizes, scale, dets, strict=True):
+        k = len(d.index)
+        rows["sample_id"] += [sid] * k
+        rows["box"] += list(range(k))
+        xyxy = d.boxes.numpy() * np.array([sx, sy, sx, sy], dtype=np.float32)
+        parts["xyxy"].append(np.clip(xyxy, 0, [w, h, w, h]))
+        for key, t in (("label", d.labels), ("score", d.scores), ("probs", d.probs), ("n", d.n_candidates),
+                       ("ciou", d.candidate_iou), ("other", d.max_iou_other)):  # fmt: skip
+            parts[key].append(t.numpy())
+    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+    n_cls = dets[0].probs.shape[1] if dets else 0
+    probs = cat["probs"].reshape(-1, n_cls).astype(np.float32)
+    dist = probs / np.maximum(probs.sum(1, keepdims=True), 1e-12)
+    entropy = -(dist * np.log(np.clip(dist, 1e-12, None))).sum(1)
+    top2 = np.sort(probs, 1)[:, -2:] if n_cls > 1 else np.concatenate([np.zeros_like(probs), probs], 1)
+    xyxy = cat["xyxy"].reshape(-1, 4).astype(np.float32)
+    boxes = pl.DataFrame(
+        {
+            "sample_id": rows["sample_id"],
+            "box": pl.Series(rows["box"], dtype=pl.Int32),
+            **{c: xyxy[:, j] for j, c in enumerate(("x1", "y1", "x2", "y2"))},
+            "label": cat["label"].astype(np.int32),
+            "score": cat["score"].astype(np.float32),
+            "probs": pl.Series(probs, dtype=pl.Array(pl.Float32, max(n_cls, 1))).cast(pl.List(pl.Float32)),
+            "entropy": entropy.astype(np.float32),
+            "margin": (top2[:, 1] - top2[:, 0]).astype(np.float32),
+            "n_candidates": cat["n"].astype(np.int32),
+            "candidate_iou": cat["ciou"].astype(np.float32),
+            "max_iou_other": cat["other"].astype(np.float32),
+        }
+    )
+    feats = [d.features.numpy() for d in dets]
+    no_label = pl.Series([None] * len(ids), dtype=pl.Int32)
+    return {
+        "samples": pl.DataFrame({"sample_id": ids, "path": paths, "label": no_label}),
+        "images": pl.DataFrame(
+            {"sample_id": ids, "width": [s[0] for s in sizes], "height": [s[1] for s in sizes],
+             "n_boxes": [len(d.index) for d in dets]},
+            schema={"sample_id": pl.String, "width": pl.Int32, "height": pl.Int32, "n_boxes": pl.Int32},
+        ),
+        "boxes": boxes,
+        "features": np.concatenate(feats).astype(np.float32) if feats else None,
+    }  # fmt: skip
+
+
+class _Writer(BatchWriter):
+    """The classification writer's thread and timing, committing detection frames."""
+
+    def _commit(self, pending: list[Any]) -> None:
+        merged: dict[str, Any] = {}
+        for key in ("samples", "images", "boxes", "skipped"):
+            frames = [p[key] for p in pending if p.get(key) is not None]
+            merged[key] = pl.concat(frames) if frames else None
+        feats = [p["features"] for p in pending if p.get("features") is not None and len(p["features"])]
+        merged["features"] = np.concatenate(feats) if feats else None
+        with Store(self.db) as store:
+            store.con.execute("SET threads = 1")
+            store.write_detection_batch(self.run, **merged)
+        self.committed += sum(merged[k].height for k in ("samples", "skipped") if merged.get(k) is not None)
+
+
+def _run_info(req: DetectionRequest, ds: DetectionDataset, fmt: str, sha: str, dim: int, classes: list[str]) -> RunInfo:
+    settings = {
+        "preprocess": {"image_size": req.image_size, "mean": list(req.mean), "std": list(req.std)},
+        "score_thresh": req.score_thresh,
+        "iou_thresh": req.iou_thresh,
+        "max_detections": req.max_detections,
+        "annotations": str(Path(req.annotations).resolve()) if req.annotations else None,
+        "weights": str(Path(req.weights).resolve()) if req.weights else None,
+    }
+    root = str(Path(req.dataset).resolve())
+    return RunInfo(
+        name=req.name,
+        task=TASK,
+        model_name=req.model_name or _default_model_name(req.model),
+        model_version=req.model_version,
+        model_path=req.model if fmt == "factory" else str(Path(req.model).resolve()),
+        model_format=fmt,
+        model_sha256=sha,
+        dataset_path=root,
+        dataset_format=ds.format,
+        labelled=ds.labelled,
+        classes=classes,
+        feature_layer="adapter features",
+        feature_dim=dim,
+        stability_k=0,
+        settings=settings,
+        fingerprint=_fingerprint(
+            {"task": TASK, "model": sha, "dataset": root, "format": ds.format, "classes": classes, "settings": settings}
+        ),
+        n_expected=len(ds),
+        mldbg_version=__version__,
+    )
+
+
+def _probe(model: Any, ds: DetectionDataset, req: DetectionRequest, device: torch.device) -> tuple[int, int]:
+    """(number of classes, feature width) from the first decodable image; the protocol is checked."""
+    loader = _Images(ds.paths[:16], req.image_size, req.mean, req.std)
+    for i in range(len(loader)):
+        _, x, _, _ = loader[i]
+        if x is None:
+            continue
+        with torch.no_grad():
+            out = model(torch.from_numpy(x)[None].to(device))
+        first = out[0] if isinstance(out, (list, tuple)) else {k: v[0] for k, v in out.items()}
+        cls = first.get("logits", first.get("scores")) if isinstance(first, dict) else None
+        postprocess(out, 1)  # raises a ModelError naming what breaks the protocol
+        assert cls is not None
+        return int(cls.shape[-1]), int(first["features"].shape[-1])
+    raise DatasetError(f"none of the first images in {ds.root} could be decoded; check that the files are images")
+
+
+def extract_detections(
+    req: DetectionRequest, *, db: str | os.PathLike[str] | None = None, progress: ProgressFn | None = None
+) -> DetectionSummary:
+    """Run a detector over ``req.dataset`` into ``db``; resumable like the classification extraction."""
+    t0 = time.perf_counter()
+    db_path = resolve_db_path(db)
+    classes = read_classes_file(req.classes_file) if req.classes_file else None
+    ds = open_detection_dataset(req.dataset, format=req.dataset_format, annotations=req.annotations, classes=classes)
+    device = resolve_device(req.device)
+    model, fmt, sha = load_detector(req.model, weights=req.weights, device=device)
+    n_cls, dim = _probe(model, ds, req, device)
+    run_classes = ds.classes or [str(i) for i in range(n_cls)]
+    if len(run_classes) != n_cls:
+        raise ModelError(
+            f"the detector scores {n_cls} classes but the dataset gives {len(run_classes)} ({run_classes[:5]}); "
+            f"pass --classes FILE listing all {n_cls} class names in the model's order"
+        )
+    info = _run_info(req, ds, fmt, sha, dim, run_classes)
+    with Store(db_path) as store:
+        run, resumed = _open_run(store, req, info)  # type: ignore[arg-type]
+        if not resumed and ds.labelled:
+            store.write_gt_boxes(req.name, ds.boxes)
+        done = store.done_sample_ids(req.name)
+    todo = [i for i, sid in enumerate(ds.sample_ids) if sid not in done]
+    total, n_new = len(ds), 0
+    if progress:
+        progress(total - len(todo), total)
+    writer = _Writer(db_path, req.name, req.flush_seconds)
+    try:
+        if todo:
+            n_new = _run_batches(req, model, device, ds, todo, writer, progress, total, n_cls)
+        writer.close()
+        with Store(db_path) as store:
+            store.update_run(req.name, status="complete", finished=datetime.now(), n_expected=total)
+            counts = {t: store.count(t, req.name) for t in ("samples", "skipped", "boxes", "gt_boxes")}
+    except KeyboardInterrupt:
+        writer.close()
+        raise Interrupted(
+            f"interrupted: {len(done) + writer.committed:,} of {total:,} images of run {req.name!r} are saved in "
+            f"{db_path}; run the same command again to resume"
+        ) from None
+    return DetectionSummary(
+        run=req.name, db=str(db_path), status="complete" if todo else "up-to-date", n_total=total,
+        n_samples=counts["samples"], n_skipped=counts["skipped"], n_new=n_new, n_boxes=counts["boxes"],
+        n_gt_boxes=counts["gt_boxes"], resumed=resumed, seconds=round(time.perf_counter() - t0, 3),
+        labelled=run.labelled, notes=ds.notes,
+    )  # fmt: skip
+
+
+def _run_batches(req: DetectionRequest, model: Any, device: torch.device, ds: DetectionDataset, todo: list[int],
+                 writer: _Writer, progress: ProgressFn | None, total: int, n_cls: int) -> int:  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        _Images([ds.paths[i] for i in todo], req.image_size, req.mean, req.std),
+        batch_size=req.batch_size,
+        num_workers=default_workers() if req.workers is None else req.workers,
+        collate_fn=_collate,
+    )
+    done, n_new = total - len(todo), 0
+    for local, x, sizes, failed in loader:
+        rows = [todo[i] for i in local]
+        frames: dict[str, Any] = {}
+        if rows:
+            with torch.no_grad():
+                out = model(torch.from_numpy(x).to(device))
+            dets = postprocess(
+                out, len(rows), score_thresh=req.score_thresh, iou_thresh=req.iou_thresh,
+                max_detections=req.max_detections, n_classes=n_cls,
+            )  # fmt: skip
+            dets = [_cpu(d) for d in dets]
+            scale = [(w / x.shape[3], h / x.shape[2]) if req.image_size else (1.0, 1.0) for w, h in sizes]
+            frames = _frames([ds.sample_ids[i] for i in rows], [ds.paths[i] for i in rows], sizes, dets, scale)
+            n_new += len(rows)
+        if failed:
+            skipped = [(ds.sample_ids[todo[i]], ds.paths[todo[i]], reason) for i, reason in failed]
+            for _, path, reason in skipped:
+                log.warning("skipped %s: %s", path, reason)
+            sid, path, reason = zip(*skipped, strict=True)
+            frames["skipped"] = pl.DataFrame({"sample_id": list(sid), "path": list(path), "reason": list(reason)})
+        writer.add(frames)  # type: ignore[arg-type]
+        done += len(rows) + len(failed)
+        if progress:
+            progress(done, total)
+    return n_new
+
+
+def _cpu(d: Detections) -> Detections:
+    return Detections(*(t.detach().cpu() for t in d.__dict__.values()))
