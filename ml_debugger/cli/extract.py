@@ -25,6 +25,13 @@ class DatasetFormat(str, Enum):
     imagefolder = "imagefolder"
     folder = "folder"
     manifest = "manifest"
+    coco = "coco"
+    yolo = "yolo"
+
+
+class Task(str, Enum):
+    classification = "classification"
+    detection = "detection"
 
 
 class Device(str, Enum):
@@ -37,7 +44,7 @@ def extract_command(
     dataset: Annotated[
         Path,
         typer.Argument(
-            help="Dataset directory (class folders or a flat folder) or a .csv/.jsonl manifest.",
+            help="Dataset directory (class folders, a flat folder, COCO/YOLO images) or a .csv/.jsonl manifest.",
             show_default=False,
         ),
     ],
@@ -97,6 +104,16 @@ def extract_command(
         int | None, opt(help="Decoding processes (default: min(4, cores - 1)).", show_default=False)
     ] = None,
     overwrite: Annotated[bool, opt(help="Replace an existing run of this name instead of resuming it.")] = False,
+    task: Annotated[
+        Task, opt(help="classification, or detection (2D boxes; see --annotations).")
+    ] = Task.classification,
+    annotations: Annotated[
+        Path | None,
+        opt(help="Detection: COCO JSON of the images (--format coco), or the YOLO labels folder.", show_default=False),
+    ] = None,
+    score_thresh: Annotated[float, opt(help="Detection: keep boxes whose class probability is at least this.")] = 0.05,
+    iou_thresh: Annotated[float, opt(help="Detection: per-class NMS IoU threshold.")] = 0.5,
+    max_detections: Annotated[int, opt(help="Detection: boxes kept per image, best first.")] = 100,
     db: DbOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -125,6 +142,39 @@ def extract_command(
             if value is None:
                 return None
             return parse_floats(",".join(map(str, value)) if isinstance(value, list) else str(value), option)
+
+        if task is Task.classification and (annotations or (format and format.value in ("coco", "yolo"))):
+            from ml_debugger.errors import UsageError
+
+            raise UsageError("--annotations and --format coco/yolo are for detection datasets; add --task detection")
+        if task is Task.detection:
+            from ml_debugger.core.detection.extract import DetectionRequest
+
+            three = lambda v: v * 3 if v is not None and len(v) == 1 else v  # noqa: E731  one value: every channel
+            det = DetectionRequest(
+                dataset=str(dataset),
+                name=name or dataset.resolve().name,
+                model=model,
+                weights=weights,
+                model_name=model_name,
+                model_version=model_version,
+                dataset_format=format.value if format else None,
+                annotations=str(annotations) if annotations else None,
+                classes_file=str(classes) if classes else None,
+                image_size=image_size,
+                mean=three(floats(mean, ex["mean"], "--mean")) or (0.485, 0.456, 0.406),
+                std=three(floats(std, ex["std"], "--std")) or (0.229, 0.224, 0.225),
+                score_thresh=score_thresh,
+                iou_thresh=iou_thresh,
+                max_detections=max_detections,
+                device=device.value if device else ex["device"],
+                batch_size=int(batch_size or 16),
+                workers=pick(workers, ex["workers"]),
+                overwrite=overwrite,
+                flush_seconds=float(ex["flush_seconds"]),
+            )
+            _run_detection(det, db, json)
+            return
 
         req = ExtractRequest(
             dataset=str(dataset),
@@ -174,5 +224,27 @@ def extract_command(
         ("feature", f"{summary.feature_layer} (dim {summary.feature_dim})"),
     ]
     out.print(kv_table(rows))
+    if summary.n_skipped:
+        err.print(f"{summary.n_skipped} unreadable file(s) skipped; see `mldbg show {summary.run}`")
+
+
+def _run_detection(req: Any, db: str | None, json: bool) -> None:
+    from ml_debugger.core.detection.extract import extract_detections
+
+    with progress_bar(f"extract {req.name}", unit="images") as progress, interrupt_on_sigterm():
+        summary = extract_detections(req, db=db, progress=progress)
+    if json:
+        print_json(summary.to_dict())
+        return
+    for note in summary.notes:
+        err.print(f"note: {note}", soft_wrap=True)
+    verb = "resumed and finished" if summary.resumed else "extracted"
+    if summary.status == "up-to-date":
+        verb = "already complete"
+    out.print(
+        f"run [bold]{summary.run}[/bold] {verb}: {summary.n_samples:,} images ({summary.n_new:,} new), "
+        f"{summary.n_boxes:,} boxes kept, {summary.n_gt_boxes:,} ground-truth boxes, {summary.n_skipped:,} skipped "
+        f"in {summary.seconds:.1f} s → {summary.db}"
+    )
     if summary.n_skipped:
         err.print(f"{summary.n_skipped} unreadable file(s) skipped; see `mldbg show {summary.run}`")

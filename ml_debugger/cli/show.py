@@ -65,6 +65,9 @@ def show_command(
             if store.get_run(name) is None:
                 _not_found(store, name)
             run = store.require_run(name)
+            if run.task == "detection":
+                _show_detection_run(store, run, json)
+                return
             details: dict[str, Any] = {
                 "run": {k: v for k, v in run.__dict__.items()},
                 "samples": store.count("samples", name),
@@ -115,6 +118,52 @@ def show_command(
     for pair in details["scored_by"]:
         kind = "out-of-fold scores" if pair["out_of_fold"] else "scores"
         out.print(f"{kind} of {fmt(pair['n'])} samples by result {pair['result']} ({fmt(pair['scored'])})")
+
+
+def _show_detection_run(store: Any, run: Any, json: bool) -> None:
+    classes = store.detection_class_table(run.name).to_dicts()
+    for row in classes:
+        row["name"] = run.classes[row["cls"]] if 0 <= row["cls"] < len(run.classes) else str(row["cls"])
+    st = run.settings
+    details = {
+        "run": dict(run.__dict__),
+        "images": store.count("samples", run.name),
+        "skipped": store.count("skipped", run.name),
+        "boxes": store.count("boxes", run.name),
+        "gt_boxes": store.count("gt_boxes", run.name),
+        "classes": classes,
+        "skipped_files": store.read_skipped(run.name).to_dicts(),
+    }
+    if json:
+        print_json(details)
+        return
+    done = "" if run.status == "complete" else f" ({run.status}: re-run the extract command to resume)"
+    out.print(f"[bold]run {run.name}[/bold]{done}")
+    per_image = details["boxes"] / max(1, details["images"])
+    out.print(
+        kv_table(
+            [
+                ("task", run.task),
+                ("model", f"{run.model_name}/{run.model_version} ({run.model_format}) {run.model_path}"),
+                ("dataset", f"{run.dataset_path} ({run.dataset_format})"),
+                ("images", fmt(details["images"])),
+                ("skipped", fmt(details["skipped"])),
+                ("labelled", fmt(run.labelled)),
+                ("boxes kept", f"{details['boxes']:,} ({per_image:.1f} per image)"),
+                ("ground-truth boxes", fmt(details["gt_boxes"]) if run.labelled else "–"),
+                (
+                    "post-processing",
+                    f"score ≥ {st['score_thresh']}, NMS IoU {st['iou_thresh']}, "
+                    f"at most {st['max_detections']} per image",
+                ),
+                ("feature", f"{run.feature_layer} (dim {run.feature_dim})"),
+                ("created", fmt(run.created)),
+            ]
+        )
+    )
+    cols = ["class", "name", "boxes kept", *(["ground truth"] if run.labelled else [])]
+    rows = [[r["cls"], r["name"], r["predicted"], *([r["ground_truth"]] if run.labelled else [])] for r in classes]
+    out.print(table("classes", cols, rows, numeric=("class", "boxes kept", "ground truth")))
 
 
 def _show_heatmap(name: str, *, run: str | None, axes: str, class_name: str | None, db: str | None, json: bool) -> None:

@@ -65,6 +65,17 @@ class DetectionMixin(StoreBase):
             params={"run": run},
         ).pl()
 
+    def detection_class_table(self, run: str) -> pl.DataFrame:
+        """Per class index: kept boxes predicted as it and ground-truth boxes of it."""
+        return self.con.sql(
+            """WITH p AS (SELECT label AS cls, count(*) AS predicted FROM boxes WHERE run = $run GROUP BY ALL),
+                    g AS (SELECT cls, count(*) AS ground_truth FROM gt_boxes WHERE run = $run GROUP BY ALL)
+               SELECT coalesce(p.cls, g.cls) AS cls, coalesce(predicted, 0) AS predicted,
+                      coalesce(ground_truth, 0) AS ground_truth
+               FROM p FULL JOIN g ON p.cls = g.cls ORDER BY 1""",
+            params={"run": run},
+        ).pl()
+
     def read_gt_boxes(self, run: str) -> pl.DataFrame:
         return self.con.sql(
             "SELECT * EXCLUDE (run) FROM gt_boxes WHERE run = $run ORDER BY sample_id, box", params={"run": run}

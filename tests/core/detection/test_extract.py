@@ -85,3 +85,29 @@ def test_a_detector_that_breaks_the_protocol_is_refused(det_demo: DetectionDemo,
     with pytest.raises(ModelError, match="the output dict has no 'features'"):
         extract_detections(_req(det_demo, model="baddet:Bad"), db=tmp_path / "m.duckdb")
     sys.modules.pop("baddet", None)
+
+
+def test_cli_extract_and_show_a_detection_run(det_demo: DetectionDemo, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from ml_debugger.cli.app import app
+
+    runner = CliRunner()
+    db = str(tmp_path / "m.duckdb")
+    common = ["--model", str(det_demo.model), "--mean", "0.5", "--std", "0.5", "--db", db, "--workers", "0"]
+    r = runner.invoke(app, ["extract", str(det_demo.val), "--task", "detection", "--format", "coco",
+                            "--annotations", str(det_demo.val_annotations), "--name", "det_val", *common])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "300 images (300 new)" in r.output and "ground-truth boxes" in r.output
+    r = runner.invoke(app, ["show", "det_val", "--db", db, "--json"])
+    shown = json.loads(r.stdout)
+    assert shown["images"] == 300 and shown["gt_boxes"] > 400 and shown["run"]["task"] == "detection"
+    assert sum(c["ground_truth"] for c in shown["classes"]) == shown["gt_boxes"]
+    r = runner.invoke(app, ["show", "det_val", "--db", db])
+    assert "boxes kept" in r.output and "triangle" in r.output
+    r = runner.invoke(app, ["extract", str(det_demo.val), "--format", "coco", *common])
+    assert r.exit_code == 2 and "add --task detection" in r.output
+    r = runner.invoke(app, ["extract", str(det_demo.val), "--task", "detection", "--format", "coco", *common])
+    assert r.exit_code == 2 and "--format coco needs --annotations FILE" in r.output
