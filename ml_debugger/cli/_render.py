@@ -9,7 +9,15 @@ from rich.table import Table
 from rich.text import Text
 
 from ml_debugger.cli._console import out, table
-from ml_debugger.core.wording import class_rows, coverage_line, detector_rows, headline, threshold_rows, zone_rows
+from ml_debugger.core.wording import (
+    class_rows,
+    coverage_line,
+    detection_lines,
+    detector_rows,
+    headline,
+    threshold_rows,
+    zone_rows,
+)
 
 
 def detector_table(metrics: dict[str, Any]) -> Table:
@@ -44,6 +52,8 @@ def print_evaluation(metrics: dict[str, Any]) -> None:
     out.print(zone_table(metrics["zones"], "zones (labelled run, out-of-fold)"))
     line = coverage_line(metrics)
     if line:
+        out.print(line)
+    for line in detection_lines(metrics):
         out.print(line)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -37,9 +37,21 @@ def evaluate_command(
     """
     with user_errors():
         from ml_debugger.core.evaluate import evaluate
+        from ml_debugger.core.store import Store
 
+        with Store(db, read_only=True) as store:
+            task = store.require_run(run).task
         status(f"evaluating {run} …")
-        summary = evaluate(run, db=db, name=result_name, reference=reference, config=config)
+        if task == "detection":
+            from ml_debugger.core.detection.evaluate import evaluate_detection
+
+            if reference:
+                from ml_debugger.errors import UsageError
+
+                raise UsageError("--reference is for classification runs; a detection result uses its own boxes")
+            summary: Any = evaluate_detection(run, db=db, name=result_name, config=config)
+        else:
+            summary = evaluate(run, db=db, name=result_name, reference=reference, config=config)
     info = summary.result
     if json:
         print_json({"result": info.name, "eval_run": info.eval_run, "metrics": info.metrics})

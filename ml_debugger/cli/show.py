@@ -188,6 +188,14 @@ def _show_heatmap(name: str, *, run: str | None, axes: str, class_name: str | No
     out.print(heatmap_legend(view))
 
 
+def _signals(model: dict[str, Any]) -> list[str]:
+    """The error model's signals (a detection result has one model per target, on one set)."""
+    if "signals" in model:
+        return list(model["signals"])
+    first = next(iter(model.get("targets", {}).values()), {})
+    return list(first.get("signals", []))
+
+
 def _not_found(store: Any, name: str) -> None:
     import difflib
 
@@ -219,7 +227,7 @@ def _show_result(info: Any, json: bool) -> None:
                 ("method", f"{info.method} ({m.get('model_kind')})"),
                 ("eval run", info.eval_run),
                 ("kNN bank", info.reference_run),
-                ("signals", ", ".join(info.model["signals"])),
+                ("signals", ", ".join(_signals(info.model))),
                 ("accuracy", f"{m['accuracy']:.2%}" if m.get("accuracy") is not None else "–"),
                 ("created", fmt(info.created)),
             ]
@@ -229,4 +237,5 @@ def _show_result(info: Any, json: bool) -> None:
         out.print(f"note: {note}")
     print_evaluation(m)
     out.print(threshold_table(info.thresholds))
-    out.print(class_table(m))
+    if m.get("classes"):
+        out.print(class_table(m))

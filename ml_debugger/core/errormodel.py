@@ -223,11 +223,19 @@ def fit_error_model(
             f"only {n_err} error(s) and {n_ok} correct sample(s) (the full model needs {min_errors} of each): "
             "fitted on confidence alone"
         )
-    x = _matrix(frame, names)
     k = max(2, min(folds, n_err, n_ok))
-    fold = _stratified_folds(y, k, seed)
+    model, oof = cross_fit(_matrix(frame, names), y, names, _stratified_folds(y, k, seed), l2=l2, kind=kind)
+    return Fit(model, oof, notes)
+
+
+def cross_fit(
+    x: np.ndarray, y: np.ndarray, names: list[str], fold: np.ndarray, *, l2: float, kind: str = "logistic"
+) -> tuple[ErrorModel, np.ndarray]:
+    """L2 logistic regression of ``y`` on the design matrix ``x`` (columns ``names``): out-of-fold
+    logits per ``fold`` id, Platt scaling fitted on them, and the model refitted on all rows.
+    Returns the calibrated model and the out-of-fold probabilities."""
     oof_logit = np.empty(len(y))
-    for f in range(k):
+    for f in np.unique(fold):
         test = fold == f
         m = _fit_logistic(x[~test], y[~test], l2)
         oof_logit[test] = m.logit_of(x[test])
@@ -242,8 +250,7 @@ def fit_error_model(
         intercept=float(full.intercept),
         platt=platt,
     )
-    oof = _sigmoid(platt[0] * oof_logit + platt[1])
-    return Fit(model, oof, notes)
+    return model, _sigmoid(platt[0] * oof_logit + platt[1])
 
 
 @dataclass(frozen=True)

@@ -203,6 +203,8 @@ def score(
     with Store(db) as store:
         run = store.require_run(run_name)
         info = find_result(store, run, result)
+        if run.task == "detection":
+            return _score_detection(store, info, run, force)
         check_compatible(info, run)
         if run.status != "complete":
             raise UsageError(f"run {run.name!r} is {run.status}; finish it by re-running its extract command")
@@ -215,3 +217,24 @@ def score(
         frame = store.read_zones(info.name, run.name)
     labelled = frame["is_error"].null_count() < frame.height
     return ScoreSummary(info.name, run.name, frame.height, cached_flag, zone_table(frame), labelled)
+
+
+def _score_detection(store: Store, info: ResultInfo, run: RunInfo, force: bool) -> ScoreSummary:
+    from ml_debugger.core.detection.evaluate import check_detection_compatible, score_boxes
+
+    check_detection_compatible(info, run)
+    if run.status != "complete":
+        raise UsageError(f"run {run.name!r} is {run.status}; finish it by re-running its extract command")
+    cached = store.scored_info(info.name, run.name)
+    fresh = cached is None or (force and not cached["out_of_fold"])
+    if fresh:
+        store.write_scores(info.name, run.name, score_boxes(store, info, run), table="box_scores")
+    frame = store.con.sql(
+        "SELECT zone, error_code FROM box_scores WHERE result = $r AND run = $run",
+        params={"r": info.name, "run": run.name},
+    ).pl()
+    parts = pl.col("error_code").str.extract_groups(r"^DET:(\w+):CLS(.*)->(.*)$")
+    right = (parts.struct.field("1") == "A") & (parts.struct.field("2") == parts.struct.field("3"))
+    frame = frame.with_columns(pl.when(pl.col("error_code").is_null()).then(None).otherwise(~right).alias("is_error"))
+    labelled = frame["is_error"].null_count() < frame.height
+    return ScoreSummary(info.name, run.name, frame.height, not fresh, zone_table(frame), labelled)

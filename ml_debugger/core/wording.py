@@ -14,6 +14,7 @@ DETECTOR_LABELS = {
     "doctor": "DOCTOR 1−Σp²",
     "energy": "energy",
     "trust_score": "kNN Trust Score",
+    "one_minus_score": "1 − box score",
 }
 ZONE_INFO = {
     "stable_coverage": ("Highly Stable", "not needed"),
@@ -96,7 +97,8 @@ def detector_rows(metrics: dict[str, Any]) -> tuple[str, list[str], list[list[st
         for name, d in metrics["detectors"].items()
     ]
     how = "out-of-fold" if metrics.get("out_of_fold", True) else "held out"
-    title = f"error detection on {metrics['samples']:,} labelled samples ({metrics['errors']:,} errors), {how}"
+    unit = metrics.get("unit", "samples")
+    title = f"error detection on {metrics['samples']:,} labelled {unit} ({metrics['errors']:,} errors), {how}"
     return title, cols, rows
 
 
@@ -129,3 +131,24 @@ def threshold_rows(thresholds: dict[str, Any]) -> tuple[list[str], list[list[str
         for key, v in glob.items()
     ]
     return cols, rows
+
+
+def detection_lines(metrics: dict[str, Any]) -> list[str]:
+    """A detection result's mAP, box codes and missed ground truth, one line each."""
+    if metrics.get("map50") is None and "codes" not in metrics:
+        return []
+    lines = []
+    if metrics.get("map50") is not None:
+        lines.append(
+            f"mAP@0.5 {metrics['map50']:.4f}, mAP@[.5:.95] {metrics['map']:.4f} on {metrics.get('images', 0):,} images"
+        )
+    codes = metrics.get("codes") or {}
+    if codes:
+        lines.append("box codes: " + ", ".join(f"{k} {v:,}" for k, v in codes.items() if v))
+    if metrics.get("missed") is not None:
+        lines.append(f"missed ground-truth boxes (NP): {metrics['missed']:,}")
+    for key, label in (("det_error", "det_error_proba (localisation/existence)"), ("cls_error", "cls_error_proba")):
+        m = metrics.get(key)
+        if m and m.get("auroc") is not None:
+            lines.append(f"{label}: AUROC {m['auroc']:.4f}")
+    return lines

@@ -42,7 +42,7 @@ class DetectionDemo:
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """``[N, H, W, 3]`` uint8 → the detector's input ``[N, 3, H, W]``, normalised as the demo's
     preprocessing (mean 0.5, std 0.5) does."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 255.0
     return (x - MEAN) / STD
 
 

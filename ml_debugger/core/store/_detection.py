@@ -76,6 +76,17 @@ class DetectionMixin(StoreBase):
             params={"run": run},
         ).pl()
 
+    def read_box_scores(self, result: str, run: str) -> pl.DataFrame:
+        """Box scores joined with the boxes (and image sizes), ordered by (sample_id, box)."""
+        return self.con.sql(
+            """SELECT b.* EXCLUDE (run), i.width, i.height, c.* EXCLUDE (result, run, sample_id, box)
+               FROM box_scores c
+               JOIN boxes b ON b.run = c.run AND b.sample_id = c.sample_id AND b.box = c.box
+               JOIN images i ON i.run = c.run AND i.sample_id = c.sample_id
+               WHERE c.result = $result AND c.run = $run ORDER BY b.sample_id, b.box""",
+            params={"result": result, "run": run},
+        ).pl()
+
     def read_gt_boxes(self, run: str) -> pl.DataFrame:
         return self.con.sql(
             "SELECT * EXCLUDE (run) FROM gt_boxes WHERE run = $run ORDER BY sample_id, box", params={"run": run}

@@ -49,8 +49,11 @@ class ResultInfo:
 class ResultsMixin(StoreBase):
     """Reading and writing results and scores."""
 
-    def create_result(self, info: ResultInfo, arrays: dict[str, np.ndarray], eval_scores: pl.DataFrame) -> None:
-        """Store a result, its arrays and its (out-of-fold) scores of the eval run, all or nothing."""
+    def create_result(
+        self, info: ResultInfo, arrays: dict[str, np.ndarray], eval_scores: pl.DataFrame, *, table: str = "scores"
+    ) -> None:
+        """Store a result, its arrays and its (out-of-fold) scores of the eval run, all or nothing
+        (``table`` = ``box_scores`` for detection results)."""
         # Key order is kept (thresholds read in rule order); JSON of numpy scalars is refused.
         row = {k: (json.dumps(v) if k in _JSON_FIELDS else v) for k, v in info.__dict__.items()}
         cols = ", ".join(row)
@@ -66,7 +69,7 @@ class ResultsMixin(StoreBase):
                     schema={"result": pl.String, "name": pl.String, "data": pl.List(pl.Float64)},
                 )
                 self._insert_frame("result_arrays", frame)
-            self._replace_scores(info.name, info.eval_run, eval_scores, out_of_fold=True)
+            self._replace_scores(info.name, info.eval_run, eval_scores, out_of_fold=True, table=table)
 
     def get_result(self, name: str) -> ResultInfo | None:
         rows = self.con.sql("SELECT * FROM results WHERE name = $name", params={"name": name}).pl().to_dicts()
@@ -134,23 +137,27 @@ class ResultsMixin(StoreBase):
         """Delete a result with its arrays and every score computed with it."""
         self.require_result(name)
         with self.transaction() as con:
-            for table in ("scores", "scored", "result_arrays"):
+            for table in ("scores", "box_scores", "scored", "result_arrays"):
                 con.execute(f"DELETE FROM {table} WHERE result = ?", [name])
             con.execute("DELETE FROM results WHERE name = ?", [name])
 
     # -- scores -----------------------------------------------------------------------------
-    def _replace_scores(self, result: str, run: str, frame: pl.DataFrame, *, out_of_fold: bool) -> None:
-        self.con.execute("DELETE FROM scores WHERE result = ? AND run = ?", [result, run])
+    def _replace_scores(
+        self, result: str, run: str, frame: pl.DataFrame, *, out_of_fold: bool, table: str = "scores"
+    ) -> None:
+        assert table in ("scores", "box_scores")
+        self.con.execute(f"DELETE FROM {table} WHERE result = ? AND run = ?", [result, run])
         self.con.execute("DELETE FROM scored WHERE result = ? AND run = ?", [result, run])
-        self._insert_frame("scores", frame.with_columns(pl.lit(result).alias("result"), pl.lit(run).alias("run")))
+        self._insert_frame(table, frame.with_columns(pl.lit(result).alias("result"), pl.lit(run).alias("run")))
         self.con.execute(
             "INSERT INTO scored VALUES (?, ?, ?, ?, ?)", [result, run, frame.height, out_of_fold, datetime.now()]
         )
 
-    def write_scores(self, result: str, run: str, frame: pl.DataFrame) -> None:
-        """Replace the scores of ``run`` under ``result`` in one transaction."""
+    def write_scores(self, result: str, run: str, frame: pl.DataFrame, *, table: str = "scores") -> None:
+        """Replace the scores of ``run`` under ``result`` in one transaction (``box_scores`` for
+        detection results)."""
         with self.transaction():
-            self._replace_scores(result, run, frame, out_of_fold=False)
+            self._replace_scores(result, run, frame, out_of_fold=False, table=table)
 
     def scored_info(self, result: str, run: str) -> dict[str, Any] | None:
         """``{n, out_of_fold, scored}`` when scores of (result, run) are cached, else None."""

@@ -103,7 +103,7 @@ class RunsMixin(StoreBase):
             con.execute("DELETE FROM selections WHERE run = ?", [run.name])
             for table in ("outputs", "samples", "skipped", "scores", "scored", *self._feature_tables()):
                 con.execute(f"DELETE FROM {table} WHERE run = ?", [run.name])
-            for table in ("images", "boxes", "gt_boxes", *self._feature_tables("box_features_")):
+            for table in ("images", "boxes", "gt_boxes", "box_scores", *self._feature_tables("box_features_")):
                 con.execute(f"DELETE FROM {table} WHERE run = ?", [run.name])
             con.execute("DELETE FROM runs WHERE name = ?", [run.name])
 

@@ -20,6 +20,8 @@ boxes     (run, sample_id, box, x1, y1, x2, y2, label, score, probs, entropy, ma
            n_candidates, candidate_iou, max_iou_other)  detection: the boxes mldbg kept
 box_features_{d} (run, sample_id, box, feature FLOAT[d])  one table per width, as features_{d}
 gt_boxes  (run, sample_id, box, cls, x1, y1, x2, y2, crowd)  detection ground truth (pixels)
+box_scores (result, run, sample_id, box, error_proba, det_error_proba, cls_error_proba, ood_score,
+           zone, error_code, knn_error, knn_distance)  detection: per-box scores under a result
 
 ``(run, sample_id)`` is unique by construction (an extraction commits whole batches and skips
 ids already stored), not by a PRIMARY KEY: DuckDB rewrites an ART index at every checkpoint,
@@ -206,6 +208,20 @@ def _m5_detection(con: duckdb.DuckDBPyConnection) -> None:
             x2 FLOAT NOT NULL,
             y2 FLOAT NOT NULL,
             crowd BOOLEAN NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS box_scores (
+            result VARCHAR NOT NULL,
+            run VARCHAR NOT NULL,
+            sample_id VARCHAR NOT NULL,
+            box INTEGER NOT NULL,
+            error_proba FLOAT NOT NULL,
+            det_error_proba FLOAT NOT NULL,
+            cls_error_proba FLOAT NOT NULL,
+            ood_score FLOAT NOT NULL,
+            zone VARCHAR NOT NULL,
+            error_code VARCHAR,
+            knn_error FLOAT,
+            knn_distance FLOAT
         );
         """
     )
