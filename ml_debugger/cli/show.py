@@ -192,7 +192,7 @@ def _signals(model: dict[str, Any]) -> list[str]:
     """The error model's signals (a detection result has one model per target, on one set)."""
     if "signals" in model:
         return list(model["signals"])
-    first = next(iter(model.get("targets", {}).values()), {})
+    first: dict[str, Any] = next(iter(model.get("targets", {}).values()), {})
     return list(first.get("signals", []))
 
 
