@@ -18,6 +18,7 @@ class Format(str, Enum):
     json = "json"
     jsonl = "jsonl"
     labelstudio = "labelstudio"
+    coco = "coco"
 
 
 def export_command(

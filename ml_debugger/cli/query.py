@@ -62,6 +62,30 @@ def query_command(
         str | None, opt(help="Result whose scores to use (default: the newest matching one).", show_default=False)
     ] = None,
     include_selected: Annotated[bool, opt(help="Also pick samples already in earlier selections of the run.")] = False,
+    img_error_threshold: Annotated[
+        float | None,
+        opt(help="Detection: only images whose aggregated box score is at least this.", show_default=False),
+    ] = None,
+    aggregation: Annotated[
+        str | None, opt(help="Detection: mean, median or max of the boxes' scores per image.", show_default=False)
+    ] = None,
+    top_n: Annotated[
+        int | None, opt(help="Detection: aggregate each image's N highest-scoring boxes only.", show_default=False)
+    ] = None,
+    bbox_filter: Annotated[
+        list[str] | None,
+        opt(help="Detection: box condition applied first (repeatable), e.g. 'error_proba>=0.3'.", show_default=False),
+    ] = None,
+    weight_column: Annotated[
+        str | None, opt(help="Detection: weight of each box in mean/median, e.g. pred_size.", show_default=False)
+    ] = None,
+    target_column: Annotated[
+        str | None,
+        opt(
+            help="Detection: error_proba, det_error_proba or cls_error_proba (default: error_proba).",
+            show_default=False,
+        ),
+    ] = None,
     dry_run: Annotated[bool, opt(help="Show the answer without saving it as a selection.")] = False,
     db: DbOption = None,
     json: JsonOption = False,
@@ -88,6 +112,7 @@ def query_command(
             min_per_class=min_per_class,
             mix=parse_mix(mix) if mix else None,
             include_selected=include_selected,
+            bbox=_bbox(img_error_threshold, aggregation, top_n, bbox_filter, weight_column, target_column),
         )
         answer = run_query(spec, db=db, run=run, result=result, dry_run=dry_run)
     rows = answer.rows.drop("probs", "flip_classes", strict=False).to_dicts()
@@ -128,6 +153,21 @@ def query_command(
         out.print(f"saved as [bold]{answer.selection}[/bold]; next: {nxt}")
     else:
         out.print("dry run: not saved")
+
+
+def _bbox(threshold: float | None, aggregation: str | None, top_n: int | None, bbox_filter: list[str] | None,
+          weight_column: str | None, target_column: str | None) -> dict[str, Any] | None:  # fmt: skip
+    """The BBoxStrategy options given on the command line (None when none was)."""
+    given = {
+        "img_error_threshold": threshold,
+        "aggregation": aggregation,
+        "top_n": top_n,
+        "bbox_filter": list(bbox_filter) if bbox_filter else None,
+        "weight_column": weight_column,
+        "target_column": target_column,
+    }
+    chosen = {k: v for k, v in given.items() if v is not None}
+    return chosen or None
 
 
 app = typer.Typer(

@@ -59,16 +59,38 @@ class Condition:
         return f"{self.column}{self.op}{value}"
 
 
-def check_column(name: str, what: str = "column") -> str:
-    """``name`` if it is a column a query may use, else a UsageError naming the valid ones."""
-    if name in COLUMNS:
+# Per-box columns of a detection run, for bbox filters (``BBoxStrategy``).
+BOX_NUMERIC_COLUMNS = (
+    "error_proba",
+    "det_error_proba",
+    "cls_error_proba",
+    "ood_score",
+    "score",
+    "entropy",
+    "margin",
+    "pred_size",
+    "n_candidates",
+    "candidate_iou",
+    "max_iou_other",
+    "knn_error",
+    "knn_distance",
+)
+BOX_TEXT_COLUMNS = ("zone", "predicted", "error_code", "sample_id")
+
+
+def check_column(name: str, what: str = "column", columns: tuple[str, ...] = COLUMNS) -> str:
+    """``name`` if it is one of ``columns`` (by default those a query may use), else a UsageError
+    naming the valid ones."""
+    if name in columns:
         return name
-    close = difflib.get_close_matches(name, COLUMNS, n=1)
+    close = difflib.get_close_matches(name, columns, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    raise UsageError(f"unknown {what} {name!r}; {hint}choose from: {', '.join(COLUMNS)}")
+    raise UsageError(f"unknown {what} {name!r}; {hint}choose from: {', '.join(columns)}")
 
 
-def parse_condition(text: str) -> Condition:
+def parse_condition(
+    text: str, numeric: tuple[str, ...] = NUMERIC_COLUMNS, textual: tuple[str, ...] = TEXT_COLUMNS
+) -> Condition:
     """Parse ``COLUMN OP VALUE``.
 
     Raises
@@ -82,10 +104,10 @@ def parse_condition(text: str) -> Condition:
             f"condition {text!r} is not COLUMN OP VALUE (e.g. error_proba>=0.8); operators: {' '.join(OPERATORS)}"
         )
     column, op, raw = m.groups()
-    check_column(column)
+    check_column(column, columns=numeric + textual)
     if raw == "":
         raise UsageError(f"condition {text!r} has no value after {op!r}")
-    if column in NUMERIC_COLUMNS:
+    if column in numeric:
         try:
             value: float | str = float(raw)
         except ValueError:
@@ -100,14 +122,16 @@ def parse_condition(text: str) -> Condition:
     return Condition(column, op, raw)
 
 
-def parse_conditions(items: list[Any]) -> list[Condition]:
+def parse_conditions(
+    items: list[Any], numeric: tuple[str, ...] = NUMERIC_COLUMNS, textual: tuple[str, ...] = TEXT_COLUMNS
+) -> list[Condition]:
     """Conditions from strings or ``{"column": "OP VALUE"}`` mappings (the Python form)."""
     out: list[Condition] = []
     for item in items:
         if isinstance(item, str):
-            out.append(parse_condition(item))
+            out.append(parse_condition(item, numeric, textual))
         elif isinstance(item, dict):
-            out.extend(parse_condition(f"{column}{rule}") for column, rule in item.items())
+            out.extend(parse_condition(f"{column}{rule}", numeric, textual) for column, rule in item.items())
         else:
             raise UsageError(f"condition {item!r} must be a string like 'error_proba>=0.8' or a mapping")
     return out

@@ -42,24 +42,41 @@ COLUMNS = (
 
 @dataclass(frozen=True)
 class Manifest:
-    """A selection's rows (``COLUMNS``) and its header."""
+    """A selection's rows (``COLUMNS``) and its header; for a detection run also the selected
+    images' kept boxes with their scores, their ground truth (labelled runs), sizes and classes."""
 
     header: dict[str, Any]
     rows: pl.DataFrame
+    boxes: pl.DataFrame | None = None
+    gt: pl.DataFrame | None = None
+    classes: list[str] | None = None
 
 
-def load_manifest(store: Store, selection: str | None) -> Manifest:
-    """The rows of ``selection`` (the newest when None), in rank order."""
-    sel = store.require_selection(selection)
-    classes = store.require_run(sel["run"]).classes
+# What each box carries into json/jsonl/coco/labelstudio exports of a detection selection.
+BOX_COLUMNS = ("box", "x1", "y1", "x2", "y2", "predicted", "score", "error_proba", "det_error_proba",
+               "cls_error_proba", "zone", "error_code")  # fmt: skip
+
+
+def _detection_manifest(store: Store, sel: dict[str, Any], run: Any) -> Manifest:
+    from ml_debugger.core.detection.strategy import box_frame
+    from ml_debugger.core.query import QuerySpec, image_candidates
+
+    info = store.require_result(sel["result"])
+    spec = QuerySpec(bbox=(sel["strategy"] or {}).get("bbox"))
+    images = image_candidates(store, info, run, spec, [], [], [])
     items = store.selection_items(sel["id"])
-    scores = candidates(store, sel["result"], sel["run"], classes, selection=sel["id"]).collect().drop("rank")
-    rows = items.join(scores, on="sample_id", how="left", maintain_order="left").with_columns(
+    rows = items.join(images, on="sample_id", how="left", maintain_order="left").with_columns(
         pl.lit(sel["run"]).alias("run"), pl.lit(sel["result"]).alias("result"), pl.lit(sel["id"]).alias("selection")
     )
-    missing = [c for c in COLUMNS if c not in rows.columns]
-    rows = rows.with_columns(pl.lit(None).alias(c) for c in missing).select(COLUMNS)
-    header = {
+    rows = rows.select(*COLUMNS[:-3], "n_boxes", *COLUMNS[-3:])
+    chosen = pl.DataFrame({"sample_id": items["sample_id"]})
+    boxes = box_frame(store.read_box_scores(sel["result"], sel["run"]), info.classes).join(chosen, on="sample_id")
+    gt = store.read_gt_boxes(sel["run"]).join(chosen, on="sample_id") if run.labelled else None
+    return Manifest(_header(sel, rows), rows, boxes, gt, info.classes)
+
+
+def _header(sel: dict[str, Any], rows: pl.DataFrame) -> dict[str, Any]:
+    return {
         "tool": f"mldbg {__version__}",
         "created": datetime.now().isoformat(timespec="seconds"),
         "selection": sel["id"],
@@ -68,8 +85,25 @@ def load_manifest(store: Store, selection: str | None) -> Manifest:
         "result": sel["result"],
         "strategy": sel["strategy"],
         "count": rows.height,
-        "zones": dict(rows.group_by("zone").len().sort("zone").iter_rows()),
+        "zones": dict(rows.group_by("zone").len().sort("zone", nulls_last=True).iter_rows()),
     }
+
+
+def load_manifest(store: Store, selection: str | None) -> Manifest:
+    """The rows of ``selection`` (the newest when None), in rank order."""
+    sel = store.require_selection(selection)
+    run = store.require_run(sel["run"])
+    if run.task == "detection":
+        return _detection_manifest(store, sel, run)
+    classes = run.classes
+    items = store.selection_items(sel["id"])
+    scores = candidates(store, sel["result"], sel["run"], classes, selection=sel["id"]).collect().drop("rank")
+    rows = items.join(scores, on="sample_id", how="left", maintain_order="left").with_columns(
+        pl.lit(sel["run"]).alias("run"), pl.lit(sel["result"]).alias("result"), pl.lit(sel["id"]).alias("selection")
+    )
+    missing = [c for c in COLUMNS if c not in rows.columns]
+    rows = rows.with_columns(pl.lit(None).alias(c) for c in missing).select(COLUMNS)
+    header = _header(sel, rows)
     return Manifest(header, rows)
 
 
@@ -77,14 +111,22 @@ def write_csv(m: Manifest, fh: IO[str], url_prefix: str | None) -> None:
     fh.write(m.rows.write_csv())
 
 
+def _with_boxes(m: Manifest) -> pl.DataFrame:
+    """The rows, and for a detection selection each image's boxes as a list of objects."""
+    if m.boxes is None:
+        return m.rows
+    per_image = m.boxes.sort("sample_id", "box").group_by("sample_id").agg(pl.struct(BOX_COLUMNS).alias("boxes"))
+    return m.rows.join(per_image, on="sample_id", how="left", maintain_order="left")
+
+
 def write_json(m: Manifest, fh: IO[str], url_prefix: str | None) -> None:
     """The header's keys, then ``items``: one object per row (Polars writes the rows)."""
     head = json.dumps(m.header, default=str)
-    fh.write(head[:-1] + ', "items": ' + m.rows.write_json() + "}\n")
+    fh.write(head[:-1] + ', "items": ' + _with_boxes(m).write_json() + "}\n")
 
 
 def write_jsonl(m: Manifest, fh: IO[str], url_prefix: str | None) -> None:
-    fh.write(m.rows.write_ndjson())
+    fh.write(_with_boxes(m).write_ndjson())
 
 
 def write_labelstudio(m: Manifest, fh: IO[str], url_prefix: str | None) -> None:
@@ -92,8 +134,11 @@ def write_labelstudio(m: Manifest, fh: IO[str], url_prefix: str | None) -> None:
     by error_proba (sort by it in the Data Manager), and mldbg's view in ``meta``.
 
     The labeling config these fit: ``<Image name="image" value="$image"/>`` and
-    ``<Choices name="choice" toName="image">`` with the class names.
+    ``<Choices name="choice" toName="image">`` with the class names. A detection selection
+    gives ``rectanglelabels`` instead (see ``_labelstudio_boxes``).
     """
+    if m.boxes is not None:
+        return _labelstudio_boxes(m, fh, url_prefix)
     image = pl.lit(url_prefix) + pl.col("sample_id") if url_prefix is not None else pl.col("path")
     choice = pl.struct(
         from_name=pl.lit("choice"),
@@ -110,11 +155,86 @@ def write_labelstudio(m: Manifest, fh: IO[str], url_prefix: str | None) -> None:
     fh.write(tasks.write_json() + "\n")
 
 
+def _labelstudio_boxes(m: Manifest, fh: IO[str], url_prefix: str | None) -> None:
+    """Detection tasks: one ``rectanglelabels`` region per kept box, in percent of the image
+    (top-left corner, width, height), its error_proba as the region's score; the task's
+    prediction score is the image's aggregated score. Labeling config:
+    ``<Image name="image" value="$image"/>`` with ``<RectangleLabels name="label" toName="image">``."""
+    assert m.boxes is not None
+    regions: dict[str, list[dict[str, Any]]] = {}
+    for b in m.boxes.sort("sample_id", "box").to_dicts():
+        W, H = float(b["width"]), float(b["height"])
+        regions.setdefault(b["sample_id"], []).append(
+            {
+                "from_name": "label",
+                "to_name": "image",
+                "type": "rectanglelabels",
+                "original_width": b["width"],
+                "original_height": b["height"],
+                "image_rotation": 0,
+                "score": b["error_proba"],
+                "value": {
+                    "x": b["x1"] / W * 100,
+                    "y": b["y1"] / H * 100,
+                    "width": (b["x2"] - b["x1"]) / W * 100,
+                    "height": (b["y2"] - b["y1"]) / H * 100,
+                    "rotation": 0,
+                    "rectanglelabels": [b["predicted"]],
+                },
+            }
+        )
+    tasks = []
+    for r in m.rows.to_dicts():
+        image = url_prefix + r["sample_id"] if url_prefix is not None else r["path"]
+        prediction = {
+            "model_version": r["result"],
+            "score": r["error_proba"],
+            "result": regions.get(r["sample_id"], []),
+        }
+        meta = {k: r[k] for k in ("rank", "zone", "error_proba", "n_boxes", "run", "result")}
+        tasks.append({"data": {"image": image, "sample_id": r["sample_id"]}, "predictions": [prediction], "meta": meta})
+    fh.write(json.dumps(tasks) + "\n")
+
+
+def write_coco(m: Manifest, fh: IO[str], url_prefix: str | None) -> None:
+    """COCO JSON of the selected images: ``images`` (file_name = sample_id), ``categories``,
+    ``annotations`` (the ground truth of a labelled run, else empty) and ``predictions``: the
+    model's kept boxes in COCO's results form (image_id, category_id, bbox [x, y, w, h], score)
+    plus mldbg's error_proba, det/cls error probabilities, zone and error code; ``info`` holds
+    the selection's header."""
+    if m.boxes is None or m.classes is None:
+        raise UsageError("--format coco exports detection selections; use csv, json, jsonl or labelstudio here")
+    sizes = m.boxes.select("sample_id", "width", "height").unique("sample_id")
+    image_rows = m.rows.select("rank", "sample_id").join(sizes, on="sample_id", how="left", maintain_order="left")
+    ids = {s: i + 1 for i, s in enumerate(image_rows["sample_id"])}
+    images = [
+        {"id": ids[r["sample_id"]], "file_name": r["sample_id"], "width": r["width"], "height": r["height"]}
+        for r in image_rows.to_dicts()
+    ]
+    cats = [{"id": i + 1, "name": n} for i, n in enumerate(m.classes)]
+    name_to_id = {n: i + 1 for i, n in enumerate(m.classes)}
+    preds = [
+        {"image_id": ids[b["sample_id"]], "category_id": name_to_id[b["predicted"]],
+         "bbox": [b["x1"], b["y1"], b["x2"] - b["x1"], b["y2"] - b["y1"]], "score": b["score"],
+         **{k: b[k] for k in ("error_proba", "det_error_proba", "cls_error_proba", "zone", "error_code")}}
+        for b in m.boxes.sort("sample_id", "box").to_dicts()
+    ]  # fmt: skip
+    anns = []
+    if m.gt is not None:
+        for k, g in enumerate(m.gt.sort("sample_id", "box").to_dicts(), start=1):
+            w, h = g["x2"] - g["x1"], g["y2"] - g["y1"]
+            anns.append({"id": k, "image_id": ids[g["sample_id"]], "category_id": g["cls"] + 1,
+                         "bbox": [g["x1"], g["y1"], w, h], "area": w * h, "iscrowd": int(g["crowd"])})  # fmt: skip
+    doc = {"info": m.header, "images": images, "categories": cats, "annotations": anns, "predictions": preds}
+    fh.write(json.dumps(doc, default=str) + "\n")
+
+
 WRITERS: dict[str, Callable[[Manifest, IO[str], str | None], None]] = {
     "csv": write_csv,
     "json": write_json,
     "jsonl": write_jsonl,
     "labelstudio": write_labelstudio,
+    "coco": write_coco,
 }
 
 

@@ -49,6 +49,7 @@ class QuerySpec:
     min_per_class: int | None = None
     mix: dict[str, float] | None = None
     include_selected: bool = False
+    bbox: dict[str, Any] | None = None  # detection runs: a BBoxStrategy (see core.detection.strategy)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -260,11 +261,17 @@ def run_query(
             run = str(pairs.sort(["_labelled", "scored"], descending=[False, True])["run"][0])
         info_run = store.require_run(run)
         info = find_result(store, info_run, result)
-        check_compatible(info, info_run)
-        if store.scored_info(info.name, run) is None:
-            store.write_scores(info.name, run, compute_scores(store, info, info_run))
-        filtered = candidates(store, info.name, run, info.classes, zones).filter(filter_expr([], conditions))
-        cands = filtered.collect()
+        notes: list[str] = []
+        if info_run.task == "detection":
+            cands = image_candidates(store, info, info_run, spec, zones, conditions, notes)
+        else:
+            if spec.bbox:
+                raise UsageError(f"run {run!r} is a {info_run.task} run; bbox options are for detection runs")
+            check_compatible(info, info_run)
+            if store.scored_info(info.name, run) is None:
+                store.write_scores(info.name, run, compute_scores(store, info, info_run))
+            filtered = candidates(store, info.name, run, info.classes, zones).filter(filter_expr([], conditions))
+            cands = filtered.collect()
         total = cands.height
         excluded = 0
         if not spec.include_selected:
@@ -272,7 +279,12 @@ def run_query(
             excluded = total - cands.height
         feats = _feature_reader(store, run)
         strategy = "mix" if spec.mix else spec.strategy
-        picked, notes = STRATEGIES[strategy](cands, spec.n, spec, feats)
+        if info_run.task == "detection" and (strategy == "diverse" or (spec.mix and "diverse" in spec.mix)):
+            raise UsageError(
+                "the diverse strategy needs one feature vector per sample; detection runs have one per box"
+            )
+        picked, more = STRATEGIES[strategy](cands, spec.n, spec, feats)
+        notes += more
         picked = picked.with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).alias("rank"))
         selection = None
         if not dry_run and picked.height:
@@ -281,6 +293,40 @@ def run_query(
     if not cands.height:
         notes.append("no sample meets the filters" + (" that is not selected already" if excluded else ""))
     return QueryAnswer(run, info.name, picked, cands.height, excluded, selection, notes)
+
+
+def image_candidates(store: Store, info: Any, run: Any, spec: QuerySpec, zones: list[str], conditions: list[Any],
+                      notes: list[str]) -> pl.DataFrame:  # fmt: skip
+    """One row per image of a detection run: its BBoxStrategy score as ``error_proba`` (so every
+    ranking strategy applies), box count, flag, and the zone, score and class of its worst box.
+    ``zones`` and conditions filter images by those image-level columns."""
+    from ml_debugger.core.detection.evaluate import check_detection_compatible, score_boxes
+    from ml_debugger.core.detection.strategy import BBoxStrategy, box_frame
+
+    bbox = BBoxStrategy.from_value(spec.bbox)
+    check_detection_compatible(info, run)
+    if store.scored_info(info.name, run.name) is None:
+        store.write_scores(info.name, run.name, score_boxes(store, info, run), table="box_scores")
+    boxes = box_frame(store.read_box_scores(info.name, run.name), info.classes)
+    samples = store.con.sql("SELECT sample_id, path FROM samples WHERE run = $r", params={"r": run.name}).pl()
+    images = bbox.image_scores(boxes, samples["sample_id"])
+    worst = (
+        boxes.sort(bbox.target_column, descending=True)
+        .group_by("sample_id", maintain_order=True)
+        .first()
+        .select("sample_id", "zone", pl.col("score").alias("confidence"), "predicted", pl.col("label").alias("pred"),
+                pl.col("box").alias("worst_box"), "error_code")
+    )  # fmt: skip
+    frame = (
+        images.join(samples, on="sample_id", how="left")
+        .join(worst, on="sample_id", how="left")
+        .with_columns(pl.col("img_score").alias("error_proba"), pl.col("confidence").fill_null(0.0))
+        .with_columns(pl.lit(None, dtype=pl.Int32).alias("label"))
+    )
+    if bbox.img_error_threshold is not None:
+        frame = frame.filter(pl.col("flag"))
+        notes.append(f"{frame.height:,} image(s) flagged: aggregated {bbox.target_column} ≥ {bbox.img_error_threshold}")
+    return frame.filter(filter_expr(zones, conditions))
 
 
 def _feature_reader(store: Store, run: str) -> Features:

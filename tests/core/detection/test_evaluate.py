@@ -99,3 +99,47 @@ def test_scoring_again_is_cached_and_show_prints_detection_metrics(det_db: Path)
     r = runner.invoke(app, ["show", _result(det_db), "--db", str(det_db)])
     assert r.exit_code == 0, r.output
     assert "box codes:" in r.output and "missed ground-truth boxes (NP)" in r.output
+
+
+def test_query_by_image_score_and_export_every_format(det_db: Path, tmp_path: Path) -> None:
+    from ml_debugger.core.detection.strategy import BBoxStrategy, box_frame
+
+    db = tmp_path / "q.duckdb"
+    db.write_bytes(det_db.read_bytes())
+    args = ["query", "--run", "det_pool", "--bbox-filter", "score>=0.3", "--aggregation", "max", "--top-n", "3",
+            "--img-error-threshold", "0.5", "--n", "20", "--db", str(db), "--json"]  # fmt: skip
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    answer = json.loads(r.stdout)
+    items = answer["items"]
+    assert len(items) == 20 and answer["selection"] == "sel-1"
+    # The ranking is BBoxStrategy's image score, recomputed here from the stored box scores.
+    with Store(db, read_only=True) as store:
+        info = store.require_result(_result(db))
+        boxes = box_frame(store.read_box_scores(info.name, "det_pool"), info.classes)
+    s = BBoxStrategy.from_value({"bbox_filter": "score>=0.3", "aggregation": "max", "top_n": 3,
+                                 "img_error_threshold": 0.5})  # fmt: skip
+    want = s.image_scores(boxes).filter(pl.col("flag")).sort("img_score", descending=True)
+    assert [i["sample_id"] for i in items] == want["sample_id"].head(20).to_list()
+    assert all(i["error_proba"] >= 0.5 for i in items)
+    out = {}
+    for fmt in ("csv", "json", "jsonl", "labelstudio", "coco"):
+        path = tmp_path / f"x.{fmt}"
+        r = runner.invoke(app, ["export", "sel-1", "--format", fmt, "--out", str(path), "--db", str(db)])
+        assert r.exit_code == 0, r.output
+        out[fmt] = path.read_text()
+    assert pl.read_csv(tmp_path / "x.csv")["sample_id"].to_list() == [i["sample_id"] for i in items]
+    lines = [json.loads(x) for x in out["jsonl"].splitlines()]
+    kept = dict(boxes.group_by("sample_id").len().iter_rows())  # every box the detector kept is exported
+    assert all(len(x["boxes"]) == kept[x["sample_id"]] >= x["n_boxes"] for x in lines)
+    coco = json.loads(out["coco"])
+    assert len(coco["images"]) == 20 and len(coco["predictions"]) == sum(len(x["boxes"]) for x in lines)
+    assert coco["annotations"] == []  # the pool is unlabelled
+    tasks = json.loads(out["labelstudio"])
+    region = tasks[0]["predictions"][0]["result"][0]
+    assert region["type"] == "rectanglelabels" and 0 <= region["value"]["x"] <= 100
+    assert region["value"]["rectanglelabels"][0] in ("circle", "square", "triangle")
+    r = runner.invoke(app, ["query", "--run", "det_pool", "--strategy", "diverse", "--db", str(db)])
+    assert r.exit_code == 2 and "one per box" in r.output
+    r = runner.invoke(app, ["query", "--run", "det_pool", "--aggregation", "mode", "--db", str(db)])
+    assert r.exit_code == 2 and "aggregation 'mode' is not one of" in r.output
