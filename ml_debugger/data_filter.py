@@ -5,8 +5,17 @@
 
 from __future__ import annotations
 
+from ml_debugger.core.detection.strategy import BBoxStrategy
 from ml_debugger.filters.classification import ClassificationDataFilter
 from ml_debugger.filters.config import FilterConfig
+from ml_debugger.filters.detection import ObjectDetectionDataFilter
 from ml_debugger.filters.tracer import ClassificationTracer, Evaluator
 
-__all__ = ["ClassificationDataFilter", "ClassificationTracer", "Evaluator", "FilterConfig"]
+__all__ = [
+    "BBoxStrategy",
+    "ClassificationDataFilter",
+    "ClassificationTracer",
+    "Evaluator",
+    "FilterConfig",
+    "ObjectDetectionDataFilter",
+]

@@ -290,17 +290,17 @@ def load_box_bank(store: Store, info: ResultInfo) -> em.BoxBank:
     )
 
 
-def score_boxes(store: Store, info: ResultInfo, run: RunInfo) -> pl.DataFrame:
-    """Box score rows of every kept box of ``run`` under the detection result ``info``."""
-    boxes = store.read_boxes(run.name)
+def score_box_frame(boxes: pl.DataFrame, feats: np.ndarray, info: ResultInfo, bank: em.BoxBank) -> pl.DataFrame:
+    """Signals, the three probabilities and the zone of ``boxes`` (``Store.read_boxes`` columns)
+    with their features ``[len(boxes), d]``: what scoring a run and the real-time filter share."""
     frame = em.box_signals(boxes)
     if frame.height:
-        feats = store.box_features(run.name, int(run.feature_dim or 0))
-        knn = em.box_knn(feats, frame["label"].to_numpy(), load_box_bank(store, info))
+        knn = em.box_knn(feats, frame["label"].to_numpy(), bank)
         frame = frame.with_columns(pl.Series(k, v) for k, v in knn.items())
     else:
-        frame = frame.with_columns(pl.lit(0.0).alias(c) for c in ("knn_error", "knn_cls_disagree", "knn_distance",
-                                                                  "ood_score"))  # fmt: skip
+        frame = frame.with_columns(
+            pl.lit(0.0).alias(c) for c in ("knn_error", "knn_cls_disagree", "knn_distance", "ood_score")
+        )
     x = _design(frame)
     score = frame["score"].to_numpy().astype(np.float64)
     targets = info.model["targets"]
@@ -313,12 +313,18 @@ def score_boxes(store: Store, info: ResultInfo, run: RunInfo) -> pl.DataFrame:
         pl.lit(None, dtype=pl.Float32).alias("stability"),
         pl.lit(None, dtype=pl.Float32).alias("flip_rate"),
     )
-    frame = assign(frame, ZoneRules.from_dict(info.thresholds, info.classes))
+    return assign(frame, ZoneRules.from_dict(info.thresholds, info.classes))
+
+
+def score_boxes(store: Store, info: ResultInfo, run: RunInfo) -> pl.DataFrame:
+    """Box score rows of every kept box of ``run`` under the detection result ``info``."""
+    boxes = store.read_boxes(run.name)
+    feats = store.box_features(run.name, int(run.feature_dim or 0))
+    frame = score_box_frame(boxes, feats, info, load_box_bank(store, info) if boxes.height else None)  # type: ignore[arg-type]
     codes_col: list[str | None] = [None] * frame.height
     if run.labelled and frame.height:
-        codes_col = list(
-            label_boxes(boxes, store.read_gt_boxes(run.name), run.classes, float(info.model["iou"])).error_code
-        )
+        lab = label_boxes(boxes, store.read_gt_boxes(run.name), run.classes, float(info.model["iou"]))
+        codes_col = list(lab.error_code)
     return _score_rows(frame.with_columns(pl.Series("error_code", codes_col, dtype=pl.String)))
 
 
