@@ -16,8 +16,17 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 runner = CliRunner()
 
 
-def _commands() -> list[str]:
-    blocks = re.findall(r"```console\n(.*?)```", README.read_text(), flags=re.S)
+# A block right after this comment runs in the detection demo (`mldbg demo --task detection`).
+DETECTION = "<!-- runs in the detection demo -->"
+
+
+def _blocks(kind: str, *, detection: bool) -> list[str]:
+    found = re.findall(rf"(<!-- runs in the detection demo -->\n)?```{kind}\n(.*?)```", README.read_text(), flags=re.S)
+    return [body for marker, body in found if bool(marker) == detection]
+
+
+def _commands(*, detection: bool = False) -> list[str]:
+    blocks = _blocks("console", detection=detection)
     return [ln[2:].strip() for b in blocks for ln in b.splitlines() if ln.startswith("$ mldbg ")]
 
 
@@ -36,5 +45,22 @@ def test_readme_commands_run_in_the_demo(tmp_path: Path, monkeypatch: pytest.Mon
     for line in _commands():
         r = runner.invoke(app, shlex.split(line)[1:])
         assert r.exit_code == 0, f"{line}\n{r.output}"
-    for block in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S):
+    for block in _blocks("python", detection=False):
         exec(compile(block, "README.md", "exec"), {})  # the Python examples run as written
+
+
+def test_readme_detection_commands_run_in_the_detection_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [k for k in os.environ if k.startswith("MLDBG_")]:
+        monkeypatch.delenv(key)
+    r = runner.invoke(app, ["-q", "demo", str(tmp_path / "mldbg-demo-det"), "--task", "detection"])
+    assert r.exit_code == 0, r.output
+    monkeypatch.chdir(tmp_path / "mldbg-demo-det")
+    commands = _commands(detection=True)
+    assert len(commands) >= 4
+    for line in commands:
+        r = runner.invoke(app, shlex.split(line)[1:])
+        assert r.exit_code == 0, f"{line}\n{r.output}"
+    blocks = _blocks("python", detection=True)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})

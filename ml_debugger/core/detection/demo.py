@@ -72,8 +72,11 @@ def _write_split(folder: Path, seed: int, n: int) -> tuple[list[Scene], list[str
     return scenes, names
 
 
-def build_detection_demo(root: str | os.PathLike[str], *, epochs: int = 6) -> DetectionDemo:
-    """Write the detection demo under ``root`` (its data folders are replaced)."""
+def build_detection_demo(
+    root: str | os.PathLike[str], *, epochs: int = 6, val: int = VAL, pool: int = POOL
+) -> DetectionDemo:
+    """Write the detection demo under ``root`` (its data folders are replaced); ``val`` and
+    ``pool`` scenes (benchmarks use more than the demo)."""
     import shutil
 
     root = Path(root)
@@ -81,8 +84,8 @@ def build_detection_demo(root: str | os.PathLike[str], *, epochs: int = 6) -> De
     for split in ("det_val", "det_pool"):
         if (data / split).exists():
             shutil.rmtree(data / split)
-    val_scenes, val_names = _write_split(data / "det_val", VAL_SEED, VAL)
-    pool_scenes, pool_names = _write_split(data / "det_pool", POOL_SEED, POOL)
+    val_scenes, val_names = _write_split(data / "det_val", VAL_SEED, val)
+    pool_scenes, pool_names = _write_split(data / "det_pool", POOL_SEED, pool)
     (root / "det_val.json").write_text(json.dumps(coco_doc(val_scenes, val_names)))
     (root / "det_pool.json").write_text(json.dumps(coco_doc(pool_scenes, pool_names)))
     classes = root / "det_classes.txt"

@@ -62,6 +62,7 @@ class _Labels:
     ignored: np.ndarray
     error_code: list[str]
     missed: int
+    gt_missed: np.ndarray  # per ground truth: ordinary and taken by no true positive (NP)
 
 
 def label_boxes(boxes: pl.DataFrame, gt: pl.DataFrame, classes: list[str], iou: float) -> _Labels:
@@ -76,7 +77,7 @@ def label_boxes(boxes: pl.DataFrame, gt: pl.DataFrame, classes: list[str], iou: 
     c = codes(pi, pb, pc, gi, gb, gc, m, crowd, iou_threshold=iou)
     gt_cls = np.where(c.gt >= 0, gc[np.clip(c.gt, 0, None)] if len(gc) else -1, -1)
     pred_codes, _ = error_codes(c, pc, gc, classes)
-    return _Labels(c.code, gt_cls, m.tp, m.ignored, pred_codes, int(c.missed.sum()))
+    return _Labels(c.code, gt_cls, m.tp, m.ignored, pred_codes, int(c.missed.sum()), c.missed)
 
 
 def _image_folds(sample_ids: pl.Series, k: int, seed: int) -> np.ndarray:
