@@ -111,6 +111,8 @@ def heatmap(
         raise UsageError(f"--class {class_name!r} is not a class of result {data.result.name}; {hint}")
     spec = agg.HEATMAPS[kind]
     grids = agg.grids(data.frame, spec, data.reference, data.classes)
+    if grids is None and data.task == "detection":
+        raise UsageError("detection runs have no stability; use --axes error_proba-ood")
     if grids is None:
         raise UsageError(
             f"run {data.run.name!r} has no stability (extracted without --stability K); "

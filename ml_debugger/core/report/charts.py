@@ -213,3 +213,9 @@ def zone_shift(reference: dict[str, float], current: dict[str, float], names: tu
         height=380,
     )
     return to_div(fig, div_id)
+
+
+def bars(names: list[str], values: list[float], title: str, div_id: str, *, y_title: str = "boxes") -> str:
+    fig = go.Figure(go.Bar(x=names, y=values, marker_color="#4c78a8", text=[f"{v:,}" for v in values]))
+    fig.update_layout(title={"text": title}, yaxis={"title": {"text": y_title}}, height=360)
+    return to_div(fig, div_id)

@@ -45,6 +45,8 @@ class ReportData:
     # Detector, zone and class metrics: the result's own (out-of-fold) for its labelled run,
     # measured here for another labelled run (held out), None for an unlabelled run.
     metrics: dict[str, Any] | None = None
+    # Detection: the run's ground-truth boxes (labelled runs), for per-class AP and the gallery.
+    gt: pl.DataFrame | None = None
 
     @property
     def task(self) -> str:
@@ -67,6 +69,23 @@ def _frame(store: Store, result: str, run: str) -> pl.DataFrame:
     frame = store.scan_scores(result, run).select(COLUMNS).collect()
     return frame.with_columns(
         pl.when(pl.col("label").is_null()).then(None).otherwise(pl.col("pred") != pl.col("label")).alias("is_error")
+    )
+
+
+def _box_frame(store: Store, info: ResultInfo, run: str) -> pl.DataFrame:
+    """A detection run's box scores as report rows: one per box, with the columns the shared
+    sections read (pred, confidence = the box score, is_error from the box's code)."""
+    from ml_debugger.core.detection.strategy import box_frame
+
+    boxes = box_frame(store.read_box_scores(info.name, run), info.classes)
+    paths = store.con.sql("SELECT sample_id, path FROM samples WHERE run = $r", params={"r": run}).pl()
+    parts = pl.col("error_code").str.extract_groups(r"^DET:(\w+):CLS(.*)->(.*)$")
+    right = (parts.struct.field("1") == "A") & (parts.struct.field("2") == parts.struct.field("3"))
+    return boxes.join(paths, on="sample_id", how="left").with_columns(
+        pl.col("label").alias("pred"),
+        pl.col("score").alias("confidence"),
+        pl.lit(None, dtype=pl.Float32).alias("stability"),
+        pl.when(pl.col("error_code").is_null()).then(None).otherwise(~right).alias("is_error"),
     )
 
 
@@ -98,10 +117,17 @@ def resolve(store: Store, result: str | None, run: str | None) -> tuple[ResultIn
 def load(store: Store, result: str | None = None, run: str | None = None) -> ReportData:
     """Read everything a report draws for ``run`` under ``result`` (defaults: see ``resolve``)."""
     info, target = resolve(store, result, run)
-    frame = _frame(store, info.name, target.name)
-    reference = frame if target.name == info.eval_run else _frame(store, info.name, info.eval_run)
+
+    def read(name: str) -> pl.DataFrame:
+        return _box_frame(store, info, name) if info.task == "detection" else _frame(store, info.name, name)
+
+    frame = read(target.name)
+    reference = frame if target.name == info.eval_run else read(info.eval_run)
     scored: dict[str, Any] = store.scored_info(info.name, target.name) or {}
     data = ReportData(info, target, frame, reference, bool(scored.get("out_of_fold")), Path(str(store.path)))
+    if info.task == "detection":
+        gt = store.read_gt_boxes(target.name) if target.labelled else None
+        return replace(data, metrics=info.metrics if data.is_eval_run else None, gt=gt)
     if data.is_eval_run:
         return replace(data, metrics=info.metrics)
     if data.labelled:

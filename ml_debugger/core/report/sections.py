@@ -22,6 +22,7 @@ from ml_debugger.core.wording import (
     ZONE_INFO,
     class_rows,
     coverage_line,
+    detection_lines,
     detector_rows,
     headline,
     threshold_rows,
@@ -81,14 +82,17 @@ def overview(data: ReportData, opts: Options) -> Section:
     facts = [
         ("result", r.name),
         ("model", f"{r.model_name}/{r.model_version}"),
-        ("method", f"{r.method} ({r.model.get('kind', '')})"),
+        ("method", f"{r.method} ({r.model.get('kind') or 'one logistic model per target'})"),
         ("run", f"{run.name}: {about}"),
         ("samples", f"{data.frame.height:,}"),
         ("labelled run of the result", r.eval_run),
         ("classes", f"{len(r.classes):,}"),
         ("stability", f"K={run.stability_k}" if run.stability_k else "not extracted (extract with --stability K)"),
+        *([("unit", "one row per kept box")] if data.task == "detection" else []),
     ]
-    if m is not None and m.get("accuracy") is not None:
+    if m is not None and m.get("precision") is not None:
+        facts.insert(5, ("precision", f"{m['precision']:.2%} of kept boxes right ({m['errors']:,} not)"))
+    elif m is not None and m.get("accuracy") is not None:
         facts.insert(5, ("accuracy", f"{m['accuracy']:.2%} ({m['errors']:,} errors)"))
     elif data.frame.height:
         expected = float(data.frame["error_proba"].sum())
@@ -100,6 +104,7 @@ def overview(data: ReportData, opts: Options) -> Section:
         if m.get("ece") is not None:
             body += note(f"calibration: {m.get('calibration') or 'Platt scaling'}; ECE {m['ece']:.4f}")
         body += f"<h3>{esc(title)}</h3>" + table(cols, rows, numeric=cols[1:], cls="detectors")
+        body += "".join(note(line) for line in detection_lines(m))
     return Section("overview", "Overview", body)
 
 
@@ -125,7 +130,12 @@ def heatmaps(data: ReportData, opts: Options) -> Section:
     for kind in agg.HEATMAPS.values():
         grids = agg.grids(data.frame, kind, data.reference, data.classes)
         if grids is None:
-            parts.append(note(f"{kind.title}: stability was not extracted for this run (extract with --stability K)"))
+            why = (
+                "detection runs have no stability"
+                if data.task == "detection"
+                else ("stability was not extracted for this run (extract with --stability K)")
+            )
+            parts.append(note(f"{kind.title}: {why}"))
             continue
         parts.append(charts.heatmap(grids, kind.title, f"heatmap-{kind.name}"))
     what = "observed error rate" if data.labelled else "mean error_proba (no labels: the predicted error rate)"
@@ -240,6 +250,84 @@ def predicted_classes(data: ReportData, opts: Options) -> Section | None:
     return Section("predicted", "Predicted classes against the labelled run", table(cols, rows, numeric=cols[1:]))
 
 
+# -- detection ---------------------------------------------------------------------------------
+
+
+def box_codes(data: ReportData, opts: Options) -> Section | None:
+    if data.frame["error_code"].null_count() == data.frame.height:
+        return None
+    codes = data.frame["error_code"].drop_nulls().str.extract(r"^DET:(\w+):", 1).value_counts(sort=True)
+    names, counts = codes["error_code"].to_list(), codes["count"].to_list()
+    body = charts.bars(names, counts, "kept boxes per code (A with t = y is right)", "codes")
+    if data.gt is not None:
+        from ml_debugger.core.detection.evaluate import label_boxes
+
+        missed = label_boxes(data.frame, data.gt, data.classes, 0.5).missed
+        body += note(f"missed ground-truth boxes (NP): {missed:,} of {data.gt.height:,}")
+    return Section("codes", "Box codes", body)
+
+
+def class_ap(data: ReportData, opts: Options) -> Section | None:
+    import numpy as np
+
+    from ml_debugger.core.detection.metrics import IOUS, average_precision
+
+    if data.gt is None:
+        return None
+    f, g = data.frame, data.gt
+    ids = {s: i for i, s in enumerate(sorted(set(f["sample_id"]) | set(g["sample_id"])))}
+    args = (
+        np.array([ids[s] for s in f["sample_id"]]), f.select("x1", "y1", "x2", "y2").to_numpy().astype(float),
+        f["label"].to_numpy(), f["score"].to_numpy(), np.array([ids[s] for s in g["sample_id"]]),
+        g.select("x1", "y1", "x2", "y2").to_numpy().astype(float), g["cls"].to_numpy(), g["crowd"].to_numpy(),
+    )  # fmt: skip
+    per_iou = [average_precision(*args, iou_threshold=t) for t in IOUS]
+    counts = dict(g.filter(~pl.col("crowd")).group_by("cls").len().iter_rows())
+    rows = [
+        [data.classes[c], counts.get(c, 0), f"{per_iou[0][c]:.3f}", f"{np.mean([ap[c] for ap in per_iou]):.3f}"]
+        for c in sorted(per_iou[0])
+    ]
+    cols = ["class", "ground truth", "AP@0.5", "AP@[.5:.95]"]
+    return Section("ap", "Average precision per class", table(cols, rows, numeric=cols[1:], cls="ap"))
+
+
+def box_gallery(data: ReportData, opts: Options) -> Section | None:
+    if opts.gallery <= 0:
+        return None
+    parts = []
+    gt_by_image: dict[str, list[tuple[float, ...]]] = {}
+    if data.gt is not None:
+        for sid, *xyxy in data.gt.select("sample_id", "x1", "y1", "x2", "y2").iter_rows():
+            gt_by_image.setdefault(sid, []).append(tuple(xyxy))
+    for zone in GALLERY_ZONES:
+        rows = agg.gallery(data.frame, zone, opts.gallery)
+        total = int((data.frame["zone"] == zone).sum())
+        head = f"<h3>{esc(zone)} ({esc(ZONE_INFO[zone][0])}): top {rows.height} of {total:,} boxes by error_proba</h3>"
+        cards = []
+        for r in rows.to_dicts():
+            drawn = [(b, "#1a9850") for b in gt_by_image.get(r["sample_id"], [])]
+            drawn.append(((r["x1"], r["y1"], r["x2"], r["y2"]), "#d73027"))
+            uri = data_uri(r["path"], data.db_path, boxes=drawn)
+            img = (
+                f'<img src="{uri}" alt="{esc(r["sample_id"])}">'
+                if uri
+                else '<div class="missing">image not found</div>'
+            )
+            cards.append(
+                f'<figure class="card">{img}<figcaption><b>{esc(r["sample_id"])} · box {r["box"]}</b>'
+                f"<span>predicted {esc(r['predicted'])} · score {r['score']:.3f}</span>"
+                f"<code>{esc(r['error_code'] or '')}</code>"
+                f"<span>error_proba {r['error_proba']:.3f} · det {r['det_error_proba']:.3f} · "
+                f"cls {r['cls_error_proba']:.3f}</span><span>ood_score {r['ood_score']:.3f}</span>"
+                "</figcaption></figure>"
+            )
+        parts.append(
+            head + (f'<div class="gallery">{"".join(cards)}</div>' if cards else note("no boxes in this zone"))
+        )
+    legend = note("red: the box; green: the image's ground truth (labelled runs)")
+    return Section("gallery", "Box gallery", legend + "".join(parts))
+
+
 SECTIONS: dict[str, list[SectionFn]] = {
     "classification": [
         overview,
@@ -253,6 +341,7 @@ SECTIONS: dict[str, list[SectionFn]] = {
         shift,
         predicted_classes,
     ],
+    "detection": [overview, zones, box_codes, class_ap, heatmaps, calibration, distribution, box_gallery, shift],
 }
 
 

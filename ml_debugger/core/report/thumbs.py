@@ -23,8 +23,11 @@ def locate(path: str, db_path: Path) -> Path | None:
     return None
 
 
-def data_uri(path: str, db_path: Path, size: int = THUMB) -> str | None:
-    """A ``data:image/...;base64,`` thumbnail of the image, or None when it cannot be read."""
+def data_uri(
+    path: str, db_path: Path, size: int = THUMB, boxes: list[tuple[tuple[float, ...], str]] | None = None
+) -> str | None:
+    """A ``data:image/...;base64,`` thumbnail of the image, or None when it cannot be read;
+    ``boxes`` (xyxy in the image's pixels, colour) are drawn on it."""
     file = locate(path, db_path)
     if file is None:
         return None
@@ -38,8 +41,15 @@ def data_uri(path: str, db_path: Path, size: int = THUMB) -> str | None:
     tiny = max(img.size) < size // 2
     new = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
     img = img.resize(new, Image.Resampling.NEAREST if tiny else Image.Resampling.LANCZOS)
+    if boxes:
+        from PIL import ImageDraw
+
+        img = img.convert("RGB")
+        draw = ImageDraw.Draw(img)
+        for xyxy, colour in boxes:
+            draw.rectangle([v * scale for v in xyxy], outline=colour, width=2)
     buf = io.BytesIO()
-    if tiny or img.mode == "L":
+    if tiny or img.mode == "L" or boxes:
         img.save(buf, format="PNG", optimize=True)
         kind = "png"
     else:

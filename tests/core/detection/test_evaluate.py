@@ -143,3 +143,26 @@ def test_query_by_image_score_and_export_every_format(det_db: Path, tmp_path: Pa
     assert r.exit_code == 2 and "one per box" in r.output
     r = runner.invoke(app, ["query", "--run", "det_pool", "--aggregation", "mode", "--db", str(db)])
     assert r.exit_code == 2 and "aggregation 'mode' is not one of" in r.output
+
+
+@pytest.mark.parametrize("run", ["det_val", "det_pool"])
+def test_report_of_a_detection_result_renders(det_db: Path, tmp_path: Path, run: str) -> None:
+    import re
+
+    from tests import browser
+
+    out = tmp_path / f"{run}.html"
+    r = runner.invoke(app, ["report", "--run", run, "--db", str(det_db), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    page = out.read_text(encoding="utf-8")
+    sections = re.findall(r'<section id="([a-z-]+)"', page)
+    if run == "det_val":
+        assert sections == ["overview", "zones", "codes", "ap", "heatmaps", "calibration", "distribution", "gallery"]
+        assert "mAP@0.5" in page and "AP@[.5:.95]" in page and "1 − box score" in page
+    else:
+        assert "shift" in sections and "ap" not in sections and "codes" not in sections
+    assert re.findall(r'<img src="data:image/png;base64,', page)  # boxes drawn on real thumbnails
+    if browser.chromium() is None:
+        return
+    rendered = browser.dump_dom(out)
+    assert rendered.console == [] and 'data-report-status="ok"' in rendered.dom
