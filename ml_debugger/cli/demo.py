@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -51,17 +51,12 @@ def demo_command(
         from ml_debugger.core.query import QuerySpec, run_query
         from ml_debugger.core.scoring import score
         from ml_debugger.core.stability import StabilityConfig
-        from ml_debugger.core.store import Store
 
         directory.mkdir(parents=True, exist_ok=True)
         status(f"building demo data and model in {directory} …")
         files = build_demo(directory)
         status(f"trained a small CNN: train accuracy {files.train_accuracy:.1%}, val {files.val_accuracy:.1%}")
-        db = directory / "mldbg.duckdb"
-        if db.exists():  # a re-run replaces the demo's runs, so first its results
-            with Store(db) as store:
-                for old in store.result_names():
-                    store.drop_result(old)
+        db = _fresh_db(directory)
         common = dict(model=str(files.model), model_name=MODEL_NAME, image_size=PREPROCESS.image_size,
                       channels=1, mean=PREPROCESS.mean, std=PREPROCESS.std, overwrite=True)  # fmt: skip
         summaries = []
@@ -84,17 +79,7 @@ def demo_command(
         manifest = directory / "to_label.csv"
         exported = export(answer.selection, db=db, fmt="csv", out=str(manifest)) if answer.selection else None
     if json:
-        print_json(
-            {
-                "directory": str(directory),
-                "runs": [s.to_dict() for s in summaries],
-                "result": result.name,
-                "metrics": result.metrics,
-                "pool_zones": scored.zones,
-                "selection": answer.selection,
-                "manifest": str(manifest) if exported else None,
-            }
-        )
+        _print_summary(directory, summaries, result, scored, answer, manifest if exported else None)
         return
     for s in summaries:
         acc = f", accuracy {s.accuracy:.1%}" if s.accuracy is not None else " (unlabelled)"
@@ -113,6 +98,34 @@ def demo_command(
     out.print(f"next: cd {directory} && mldbg show {result.name} && mldbg selections")
 
 
+def _fresh_db(directory: Path) -> Path:
+    """The demo's database, without results: a re-run replaces the demo's runs (--overwrite),
+    which a result using them would block."""
+    from ml_debugger.core.store import Store
+
+    db = directory / "mldbg.duckdb"
+    if db.exists():
+        with Store(db) as store:
+            for old in store.result_names():
+                store.drop_result(old)
+    return db
+
+
+def _print_summary(directory: Path, summaries: list, result: Any, scored: Any, answer: Any,
+                   manifest: Path | None) -> None:  # fmt: skip
+    print_json(
+        {
+            "directory": str(directory),
+            "runs": [s.to_dict() for s in summaries],
+            "result": result.name,
+            "metrics": result.metrics,
+            "pool_zones": scored.zones,
+            "selection": answer.selection,
+            "manifest": str(manifest) if manifest else None,
+        }
+    )
+
+
 def _detection_demo(directory: Path, json: bool) -> None:
     with user_errors():
         from ml_debugger.core.detection.demo import MODEL_NAME, build_detection_demo
@@ -121,7 +134,6 @@ def _detection_demo(directory: Path, json: bool) -> None:
         from ml_debugger.core.export import export
         from ml_debugger.core.query import QuerySpec, run_query
         from ml_debugger.core.scoring import score
-        from ml_debugger.core.store import Store
 
         directory.mkdir(parents=True, exist_ok=True)
         status(f"building procedural scenes and training the tiny detector in {directory} …")
@@ -130,11 +142,7 @@ def _detection_demo(directory: Path, json: bool) -> None:
             "# Defaults for mldbg commands run in this folder (flags and MLDBG_* variables override them).\n"
             "extract:\n  task: detection\n  model_name: tinydet\n  mean: '0.5'\n  std: '0.5'\n"
         )
-        db = directory / "mldbg.duckdb"
-        if db.exists():
-            with Store(db) as store:
-                for old in store.result_names():
-                    store.drop_result(old)
+        db = _fresh_db(directory)
         common = dict(model=str(files.model), model_name=MODEL_NAME, mean=(0.5,) * 3, std=(0.5,) * 3, overwrite=True)
         summaries = []
         for name, folder, extra in (
@@ -152,17 +160,7 @@ def _detection_demo(directory: Path, json: bool) -> None:
         manifest = directory / "to_review.json"
         exported = export(answer.selection, db=db, fmt="coco", out=str(manifest)) if answer.selection else None
     if json:
-        print_json(
-            {
-                "directory": str(directory),
-                "runs": [s.to_dict() for s in summaries],
-                "result": result.name,
-                "metrics": result.metrics,
-                "pool_zones": scored.zones,
-                "selection": answer.selection,
-                "manifest": str(manifest) if exported else None,
-            }
-        )
+        _print_summary(directory, summaries, result, scored, answer, manifest if exported else None)
         return
     from ml_debugger.core.wording import detection_lines
 

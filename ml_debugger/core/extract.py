@@ -39,6 +39,11 @@ TASK = "classification"
 _PROBE_LIMIT = 64
 
 
+def check_run_name(name: str) -> None:
+    if not name or any(c in name for c in "/\\\n"):
+        raise UsageError(f"run name {name!r} is not valid; use letters, digits, '-', '_' or '.'")
+
+
 @dataclass(frozen=True)
 class ExtractRequest:
     """Everything ``mldbg extract`` needs; ``None`` means "use the default"."""
@@ -65,8 +70,7 @@ class ExtractRequest:
     flush_seconds: float = 2.0
 
     def __post_init__(self) -> None:
-        if not self.name or any(c in self.name for c in "/\\\n"):
-            raise UsageError(f"run name {self.name!r} is not valid; use letters, digits, '-', '_' or '.'")
+        check_run_name(self.name)
         if self.batch_size < 1:
             raise UsageError(f"--batch-size {self.batch_size} must be at least 1")
         if self.workers is not None and self.workers < 0:

@@ -173,8 +173,8 @@ def find_result(store: Store, run: RunInfo, result: str | None) -> ResultInfo:
     )
 
 
-def check_compatible(result: ResultInfo, run: RunInfo) -> None:
-    """Refuse to score a run of another task, model version, class list or feature width."""
+def compatibility_problems(result: ResultInfo, run: RunInfo) -> list[str]:
+    """Why ``result`` cannot score ``run`` (task, model version, classes, feature width); empty if it can."""
     problems = []
     if run.task != result.task:
         problems.append(f"task {run.task} ≠ {result.task}")
@@ -184,6 +184,12 @@ def check_compatible(result: ResultInfo, run: RunInfo) -> None:
         problems.append(f"{len(run.classes)} classes ≠ the result's {len(result.classes)} (or another order)")
     if run.feature_dim != result.feature_dim:
         problems.append(f"feature width {run.feature_dim} ≠ {result.feature_dim}")
+    return problems
+
+
+def check_compatible(result: ResultInfo, run: RunInfo) -> None:
+    """Refuse to score a run of another task, model version, class list or feature width."""
+    problems = compatibility_problems(result, run)
     if problems:
         raise UsageError(
             f"result {result.name} cannot score run {run.name!r}: {'; '.join(problems)}; "

@@ -330,14 +330,8 @@ def score_boxes(store: Store, info: ResultInfo, run: RunInfo) -> pl.DataFrame:
 
 
 def check_detection_compatible(info: ResultInfo, run: RunInfo) -> None:
-    problems = []
-    if run.task != info.task:
-        problems.append(f"task {run.task} ≠ {info.task}")
-    if (run.model_name, run.model_version) != (info.model_name, info.model_version):
-        problems.append(f"model {run.model_name}/{run.model_version} ≠ {info.model_name}/{info.model_version}")
-    if run.classes != info.classes:
-        problems.append(f"{len(run.classes)} classes ≠ the result's {len(info.classes)} (or another order)")
-    if run.feature_dim != info.feature_dim:
-        problems.append(f"box feature width {run.feature_dim} ≠ {info.feature_dim}")
+    from ml_debugger.core.scoring import compatibility_problems
+
+    problems = compatibility_problems(info, run)
     if problems:
         raise UsageError(f"result {info.name} cannot score run {run.name!r}: {'; '.join(problems)}")

@@ -27,7 +27,14 @@ from ml_debugger import __version__
 from ml_debugger.core.datasets import read_classes_file
 from ml_debugger.core.detection.adapter import Detections, postprocess
 from ml_debugger.core.detection.datasets import DetectionDataset, open_detection_dataset
-from ml_debugger.core.extract import ProgressFn, _default_model_name, _fingerprint, _open_run, default_workers
+from ml_debugger.core.extract import (
+    ProgressFn,
+    _default_model_name,
+    _fingerprint,
+    _open_run,
+    check_run_name,
+    default_workers,
+)
 from ml_debugger.core.images import decode
 from ml_debugger.core.models import _load_factory, file_sha256, is_factory_spec, resolve_device
 from ml_debugger.core.store import RunInfo, Store, resolve_db_path
@@ -62,8 +69,7 @@ class DetectionRequest:
     flush_seconds: float = 2.0
 
     def __post_init__(self) -> None:
-        if not self.name or any(c in self.name for c in "/\\\n"):
-            raise UsageError(f"run name {self.name!r} is not valid; use letters, digits, '-', '_' or '.'")
+        check_run_name(self.name)
         if not 0.0 <= self.score_thresh < 1.0:
             raise UsageError(f"--score-thresh {self.score_thresh} must be in [0, 1)")
         if not 0.0 < self.iou_thresh <= 1.0:

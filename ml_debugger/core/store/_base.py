@@ -172,6 +172,17 @@ class StoreBase:
             return
         self._insert_frame(table, frame.with_columns(pl.lit(run).alias("run")))
 
+    def _insert_features(self, table: str, keys: pl.DataFrame, features: Any, run: str) -> None:
+        """Insert ``features [n, d]`` (float32) keyed by the columns of ``keys`` into ``{table}_{d}``
+        (``FLOAT[d]``; created on first use: one table per feature width)."""
+        dim = int(features.shape[1])
+        cols = "".join(f"{c} {'INTEGER' if keys[c].dtype.is_integer() else 'VARCHAR'} NOT NULL, " for c in keys.columns)
+        self.con.execute(
+            f"CREATE TABLE IF NOT EXISTS {table}_{dim} (run VARCHAR NOT NULL, {cols}feature FLOAT[{dim}] NOT NULL)"
+        )
+        frame = keys.with_columns(pl.Series("feature", features, dtype=pl.Array(pl.Float32, dim)))
+        self._insert(f"{table}_{dim}", frame, run)
+
     def _insert_frame(self, table: str, frame: pl.DataFrame) -> None:
         """Insert a frame's columns by name, through Arrow (never row by row)."""
         if frame.height == 0:

@@ -36,21 +36,9 @@ class DetectionMixin(StoreBase):
     ) -> None:
         """Store one batch of images in one transaction: samples, sizes, kept boxes and their
         features (``[len(boxes), d]`` float32 in the same row order), skipped files."""
-        with self.transaction() as con:
+        with self.transaction():
             if boxes is not None and features is not None and len(features):
-                dim = int(features.shape[1])
-                con.execute(
-                    f"CREATE TABLE IF NOT EXISTS box_features_{dim} (run VARCHAR NOT NULL, sample_id VARCHAR NOT NULL, "
-                    f"box INTEGER NOT NULL, feature FLOAT[{dim}] NOT NULL)"
-                )
-                feat = pl.DataFrame(
-                    {
-                        "sample_id": boxes["sample_id"],
-                        "box": boxes["box"],
-                        "feature": pl.Series(features, dtype=pl.Array(pl.Float32, dim)),
-                    }
-                )
-                self._insert(f"box_features_{dim}", feat, run)
+                self._insert_features("box_features", boxes.select("sample_id", "box"), features, run)
             self._insert("samples", samples, run)
             self._insert("images", images, run)
             self._insert("boxes", boxes, run)

@@ -151,20 +151,9 @@ class RunsMixin(StoreBase):
         table except run; ``features`` is ``[len(samples), d]`` float32 in the same row order;
         ``skipped`` has sample_id, path, reason.
         """
-        with self.transaction() as con:
+        with self.transaction():
             if samples is not None and features is not None and len(features):
-                dim = int(features.shape[1])
-                con.execute(
-                    f"CREATE TABLE IF NOT EXISTS features_{dim} "
-                    f"(run VARCHAR NOT NULL, sample_id VARCHAR NOT NULL, feature FLOAT[{dim}] NOT NULL)"
-                )
-                feat_frame = pl.DataFrame(
-                    {
-                        "sample_id": samples["sample_id"],
-                        "feature": pl.Series(features, dtype=pl.Array(pl.Float32, dim)),
-                    }
-                )
-                self._insert(f"features_{dim}", feat_frame, run)
+                self._insert_features("features", samples.select("sample_id"), features, run)
             self._insert("samples", samples, run)
             self._insert("outputs", outputs, run)
             self._insert("skipped", skipped, run)
