@@ -127,7 +127,9 @@ def load(store: Store, result: str | None = None, run: str | None = None) -> Rep
     data = ReportData(info, target, frame, reference, bool(scored.get("out_of_fold")), Path(str(store.path)))
     if info.task == "detection":
         gt = store.read_gt_boxes(target.name) if target.labelled else None
-        return replace(data, metrics=info.metrics if data.is_eval_run else None, gt=gt)
+        if data.is_eval_run:
+            return replace(data, metrics=info.metrics, gt=gt)
+        return replace(data, metrics=detection_held_out(data.frame, gt, info) if gt is not None else None, gt=gt)
     if data.is_eval_run:
         return replace(data, metrics=info.metrics)
     if data.labelled:
@@ -152,3 +154,55 @@ def held_out_metrics(store: Store, data: ReportData) -> dict[str, Any]:
     )
     metrics["out_of_fold"] = False
     return metrics
+
+
+def detection_held_out(frame: pl.DataFrame, gt: pl.DataFrame, info: ResultInfo) -> dict[str, Any]:
+    """Error_proba beside 1 − box score, zones, mAP and codes on a labelled detection run other
+    than the result's own (held out: its images never reached the error model)."""
+    import numpy as np
+
+    from ml_debugger.core.detection.evaluate import label_boxes
+    from ml_debugger.core.detection.matching import CODES
+    from ml_debugger.core.detection.metrics import mean_ap
+    from ml_debugger.core.metrics import auroc_difference, detector_metrics, ece
+    from ml_debugger.core.summary import zone_table
+
+    lab = label_boxes(frame, gt, info.classes, float(info.model.get("iou", 0.5)))
+    keep = ~lab.ignored
+    f = frame.filter(pl.Series(keep))
+    y = ~lab.tp[keep]
+    score = f["score"].to_numpy().astype(np.float64)
+    ep = f["error_proba"].to_numpy().astype(np.float64)
+    confident = score >= float(info.config["evaluate"]["confident"])
+    dets = {
+        "error_proba": detector_metrics(y, ep, confident),
+        "one_minus_score": detector_metrics(y, 1.0 - score, confident),
+        "entropy": detector_metrics(y, f["entropy"].to_numpy().astype(np.float64), confident),
+    }
+    ids = {s: i for i, s in enumerate(sorted(set(frame["sample_id"]) | set(gt["sample_id"])))}
+    ap = mean_ap(
+        np.array([ids[s] for s in frame["sample_id"]]), frame.select("x1", "y1", "x2", "y2").to_numpy().astype(float),
+        frame["label"].to_numpy(), frame["score"].to_numpy(), np.array([ids[s] for s in gt["sample_id"]]),
+        gt.select("x1", "y1", "x2", "y2").to_numpy().astype(float), gt["cls"].to_numpy(), gt["crowd"].to_numpy(),
+    )  # fmt: skip
+    return {
+        "samples": len(y),
+        "unit": "boxes",
+        "errors": int(y.sum()),
+        "images": int(frame["sample_id"].n_unique()),
+        "precision": float(1 - y.mean()) if len(y) else None,
+        "confident_threshold": float(info.config["evaluate"]["confident"]),
+        "detectors": dets,
+        "best_baseline": {
+            "name": "one_minus_score",
+            "auroc": dets["one_minus_score"]["auroc"],
+            "versus": auroc_difference(y, ep, 1.0 - score),
+        },
+        "ece": ece(y, ep),
+        "zones": zone_table(f.with_columns(pl.Series("is_error", y))),
+        "codes": {c: int((lab.code == c).sum()) for c in CODES},
+        "missed": lab.missed,
+        "map50": ap["map50"],
+        "map": ap["map"],
+        "out_of_fold": False,
+    }

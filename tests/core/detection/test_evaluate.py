@@ -166,3 +166,19 @@ def test_report_of_a_detection_result_renders(det_db: Path, tmp_path: Path, run:
         return
     rendered = browser.dump_dom(out)
     assert rendered.console == [] and 'data-report-status="ok"' in rendered.dom
+
+
+def test_report_of_a_labelled_held_out_detection_run(det_db: Path, det_demo: DetectionDemo, tmp_path: Path) -> None:
+    db = tmp_path / "h.duckdb"
+    db.write_bytes(det_db.read_bytes())
+    common = ["--task", "detection", "--model", str(det_demo.model), "--mean", "0.5", "--std", "0.5", "--db", str(db),
+              "--workers", "0"]  # fmt: skip
+    r = runner.invoke(app, ["extract", str(det_demo.pool), "--format", "coco", "--annotations",
+                            str(det_demo.pool_annotations), "--name", "held", *common])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert runner.invoke(app, ["score", "held", "--db", str(db)]).exit_code == 0
+    out = tmp_path / "held.html"
+    r = runner.invoke(app, ["report", "--run", "held", "--db", str(db), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    page = out.read_text(encoding="utf-8")
+    assert "labelled boxes" in page and "held out" in page and "mAP@0.5" in page and 'id="ap"' in page
