@@ -1,0 +1,81 @@
+"""Rotated BEV and 3D IoU against shapely polygons, random and special cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ml_debugger.core.detection.rotated import bev_corners, iou_matrix, paired_iou
+
+shapely = pytest.importorskip("shapely")
+
+
+def _poly(box: torch.Tensor):  # type: ignore[no-untyped-def]
+    from shapely.geometry import Polygon
+
+    return Polygon(bev_corners(box).tolist())
+
+
+def _reference(a: torch.Tensor, b: torch.Tensor, mode: str) -> float:
+    pa, pb = _poly(a), _poly(b)
+    inter = pa.intersection(pb).area
+    if mode == "bev":
+        union = pa.area + pb.area - inter
+    else:
+        az, ah, bz, bh = float(a[2]), float(a[5]), float(b[2]), float(b[5])
+        h = max(0.0, min(az + ah / 2, bz + bh / 2) - max(az - ah / 2, bz - bh / 2))
+        inter *= h
+        union = pa.area * float(a[5]) + pb.area * float(b[5]) - inter
+    return inter / union if union > 1e-9 else 0.0
+
+
+def _random_boxes(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    xyz = torch.rand(n, 3, generator=g, dtype=torch.float64) * torch.tensor([6.0, 6.0, 1.0], dtype=torch.float64)
+    size = torch.rand(n, 3, generator=g, dtype=torch.float64) * 4 + 0.2
+    yaw = (torch.rand(n, 1, generator=g, dtype=torch.float64) - 0.5) * 2 * math.pi
+    return torch.cat([xyz, size, yaw], 1)
+
+
+@pytest.mark.parametrize("mode", ["bev", "3d"])
+def test_random_pairs_match_shapely(mode: str) -> None:
+    a, b = _random_boxes(600, 0), _random_boxes(600, 1)
+    got = paired_iou(a, b, mode=mode)
+    want = torch.tensor([_reference(x, y, mode) for x, y in zip(a, b, strict=True)], dtype=torch.float64)
+    assert (got - want).abs().max() < 1e-6
+    assert (want > 0).sum() > 100  # many real overlaps, not just zeros
+
+
+def _box(x: float, y: float, dx: float, dy: float, yaw: float = 0.0, z: float = 0.0, dz: float = 1.0) -> list[float]:
+    return [x, y, z, dx, dy, dz, yaw]
+
+
+CASES = [
+    (_box(0, 0, 2, 2), _box(0, 0, 2, 2)),  # identical
+    (_box(0, 0, 2, 2), _box(2, 0, 2, 2)),  # touching along an edge
+    (_box(0, 0, 2, 2), _box(2, 2, 2, 2)),  # touching at a corner
+    (_box(0, 0, 4, 4), _box(0.5, 0.3, 1, 1, 0.7)),  # nested, rotated
+    (_box(0, 0, 2, 2, math.pi / 4), _box(0, 0, 2, 2)),  # octagon
+    (_box(0, 0, 2, 1), _box(0, 0, 2, 1, math.pi)),  # the same box turned around
+    (_box(0, 0, 2, 2), _box(5, 5, 1, 1)),  # apart
+    (_box(0, 0, 2, 2), _box(0, 0, 2, 2, z=1.0)),  # touching vertically: 3D IoU 0, BEV 1
+    (_box(0, 0, 2, 0), _box(0, 0, 2, 2)),  # degenerate: no area
+    (_box(0, 0, 3, 1), _box(0, 0, 3, 1, math.pi / 2)),  # a cross
+]
+
+
+@pytest.mark.parametrize(("a", "b"), CASES)
+@pytest.mark.parametrize("mode", ["bev", "3d"])
+def test_special_cases_match_shapely(a: list[float], b: list[float], mode: str) -> None:
+    ta, tb = torch.tensor([a], dtype=torch.float64), torch.tensor([b], dtype=torch.float64)
+    got = float(paired_iou(ta, tb, mode=mode)[0])
+    assert got == pytest.approx(_reference(ta[0], tb[0], mode), abs=1e-6)
+
+
+def test_matrix_equals_pairs() -> None:
+    a, b = _random_boxes(13, 2), _random_boxes(7, 3)
+    m = iou_matrix(a, b, mode="bev")
+    assert m.shape == (13, 7)
+    assert torch.allclose(m[4], paired_iou(a[4:5].expand(7, -1), b, mode="bev"))
