@@ -7,6 +7,9 @@ intersection over the prediction's own area.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -31,16 +34,9 @@ def intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def iou(
     a: np.ndarray, b: np.ndarray, crowd: np.ndarray | None = None, *, inter: np.ndarray | None = None
 ) -> np.ndarray:
-    """Pairwise IoU ``[..., N, M]``; where ``crowd [..., M]`` is true, intersection over ``a``'s
-    area. ``inter`` reuses intersections computed already."""
-    if inter is None:
-        inter = intersection(a, b)
-    area_a = area(a)[..., :, None]
-    union = area_a + area(b)[..., None, :] - inter
-    if crowd is not None:
-        union = np.where(crowd[..., None, :], area_a, union)
-    positive = union > 0
-    return np.where(positive, inter / np.where(positive, union, 1.0), 0.0)
+    """Pairwise IoU ``[..., N, M]`` of xyxy boxes; where ``crowd [..., M]`` is true, intersection
+    over ``a``'s area. ``inter`` reuses intersections computed already."""
+    return AXIS_ALIGNED.iou(a, b, crowd, inter=inter)
 
 
 def xywh_to_xyxy(b: np.ndarray) -> np.ndarray:
@@ -57,3 +53,30 @@ def cxcywh_to_xyxy(b: np.ndarray) -> np.ndarray:
     b = np.asarray(b, dtype=np.float64)
     half = b[..., 2:4] / 2
     return np.concatenate([b[..., :2] - half, b[..., :2] + half], axis=-1)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How boxes of one kind overlap: their width in numbers (``dim``), pairwise intersection
+    ``[..., N, dim] × [..., M, dim] → [..., N, M]`` and size (area or volume). Matching and the
+    codes take one, so 2D and 3D share them."""
+
+    name: str
+    dim: int
+    intersection: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    size: Callable[[np.ndarray], np.ndarray]
+
+    def iou(self, a: np.ndarray, b: np.ndarray, crowd: np.ndarray | None = None, *,
+            inter: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+        """Pairwise IoU; where ``crowd`` is true, intersection over ``a``'s size (COCO's crowd rule)."""
+        if inter is None:
+            inter = self.intersection(a, b)
+        size_a = self.size(a)[..., :, None]
+        union = size_a + self.size(b)[..., None, :] - inter
+        if crowd is not None:
+            union = np.where(crowd[..., None, :], size_a, union)
+        positive = union > 0
+        return np.where(positive, inter / np.where(positive, union, 1.0), 0.0)
+
+
+AXIS_ALIGNED = Geometry("xyxy", 4, intersection, area)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ml_debugger.core.detection.boxes import area, intersection, iou
+from ml_debugger.core.detection.boxes import AXIS_ALIGNED, Geometry
 
 IOU_THRESHOLD = 0.5  # a prediction is aligned with a ground truth at or above this IoU
 BACKGROUND_IOU = 0.1  # below this IoU with every ground truth, a prediction is background
@@ -91,11 +91,13 @@ def match(
     *,
     iou_threshold: float = IOU_THRESHOLD,
     chunk: int = CHUNK_IMAGES,
+    geometry: Geometry = AXIS_ALIGNED,
 ) -> Matches:
     """COCO's greedy matching of predictions (``[P]`` image ids, ``[P, 4]`` xyxy boxes, classes,
-    scores) to ground truth (``[G]`` image ids, boxes, classes, optional crowd flags)."""
-    pred_box = np.asarray(pred_box, dtype=np.float64).reshape(-1, 4)
-    gt_box = np.asarray(gt_box, dtype=np.float64).reshape(-1, 4)
+    scores) to ground truth (``[G]`` image ids, boxes, classes, optional crowd flags). 3D boxes
+    ``[P, 7]`` match the same way with ``geometry=ROTATED_3D`` (``core.detection.rotated``)."""
+    pred_box = np.asarray(pred_box, dtype=np.float64).reshape(-1, geometry.dim)
+    gt_box = np.asarray(gt_box, dtype=np.float64).reshape(-1, geometry.dim)
     n_pred, n_gt = len(pred_box), len(gt_box)
     crowd = np.zeros(n_gt, dtype=bool) if gt_crowd is None else np.asarray(gt_crowd, dtype=bool)
     p_img, g_img, n_images = _image_index(np.asarray(pred_img), np.asarray(gt_img))
@@ -114,7 +116,7 @@ def match(
         ps = np.where(ps >= 0, p_sel[np.clip(ps, 0, None)], -1)
         gs = np.where(gs >= 0, g_sel[np.clip(gs, 0, None)], -1) if len(g_sel) else np.full((hi - lo, 1), -1)
         g_crowd = _gather(crowd, gs, False)
-        ious = iou(_gather(pred_box, ps, 0.0), _gather(gt_box, gs, 0.0), g_crowd)
+        ious = geometry.iou(_gather(pred_box, ps, 0.0), _gather(gt_box, gs, 0.0), g_crowd)
         same = _gather(np.asarray(pred_cls), ps, -1)[:, :, None] == _gather(np.asarray(gt_cls), gs, -2)[:, None, :]
         ious = np.where(same & (gs >= 0)[:, None, :], ious, -1.0)
         taken = np.zeros(gs.shape, dtype=bool)
@@ -161,10 +163,11 @@ def codes(
     iou_threshold: float = IOU_THRESHOLD,
     background_iou: float = BACKGROUND_IOU,
     chunk: int = CHUNK_IMAGES,
+    geometry: Geometry = AXIS_ALIGNED,
 ) -> BoxCodes:
     """The code of every prediction and the missed ground truths, given ``match``'s result."""
-    pred_box = np.asarray(pred_box, dtype=np.float64).reshape(-1, 4)
-    gt_box = np.asarray(gt_box, dtype=np.float64).reshape(-1, 4)
+    pred_box = np.asarray(pred_box, dtype=np.float64).reshape(-1, geometry.dim)
+    gt_box = np.asarray(gt_box, dtype=np.float64).reshape(-1, geometry.dim)
     n_pred, n_gt = len(pred_box), len(gt_box)
     crowd = np.zeros(n_gt, dtype=bool) if gt_crowd is None else np.asarray(gt_crowd, dtype=bool)
     pred_cls = np.asarray(pred_cls)
@@ -185,10 +188,10 @@ def codes(
         gs = np.where(gs >= 0, g_sel[np.clip(gs, 0, None)], -1) if len(g_sel) else gs
         pb, gb = _gather(pred_box, ps, 0.0), _gather(gt_box, gs, 0.0)
         pv, gv = ps >= 0, gs >= 0
-        inter = intersection(pb, gb)
-        agn = np.where(gv[:, None, :], iou(pb, gb, inter=inter), -1.0)  # class-agnostic, ordinary truths
-        cover_gt = np.where(gv[:, None, :], inter / np.maximum(area(gb)[:, None, :], 1e-12), 0.0)
-        inside = np.where(gv[:, None, :], inter / np.maximum(area(pb)[:, :, None], 1e-12), 0.0) >= 0.5
+        inter = geometry.intersection(pb, gb)
+        agn = np.where(gv[:, None, :], geometry.iou(pb, gb, inter=inter), -1.0)  # class-agnostic, ordinary truths
+        cover_gt = np.where(gv[:, None, :], inter / np.maximum(geometry.size(gb)[:, None, :], 1e-12), 0.0)
+        inside = np.where(gv[:, None, :], inter / np.maximum(geometry.size(pb)[:, :, None], 1e-12), 0.0) >= 0.5
         inside &= pv[:, :, None]
         best = _last_argmax(agn)
         best_iou = np.take_along_axis(agn, best[..., None], -1)[..., 0]
@@ -201,7 +204,7 @@ def codes(
         holds = inside.sum(1)  # predictions mostly inside each ground truth: [n, G]
         split = inside.any(-1) & (np.take_along_axis(holds, holder, -1) >= 2)
         holder_gt = np.take_along_axis(gs, holder, -1)
-        pp = iou(pb, pb)
+        pp = geometry.iou(pb, pb)
         eye = np.eye(ps.shape[1], dtype=bool)[None]
         near_pred = (np.where(pv[:, None, :] & ~eye, pp, 0.0) >= background_iou).any(-1)
         c = np.full(ps.shape, CODES.index("N"), dtype=np.int8)

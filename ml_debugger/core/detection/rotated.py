@@ -14,7 +14,10 @@ with shapely polygons to 1e-6, touching, nested and degenerate boxes included.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from ml_debugger.core.detection.boxes import Geometry
 
 # Pairs per chunk: bounds memory (each pair holds 24 candidate points).
 CHUNK = 1 << 17
@@ -131,3 +134,31 @@ def iou_matrix(a: torch.Tensor, b: torch.Tensor, *, mode: str = "3d") -> torch.T
     ia = torch.arange(n).repeat_interleave(m)
     ib = torch.arange(m).repeat(n)
     return paired_iou(a[ia], b[ib], mode=mode).reshape(n, m)
+
+
+def _pairwise(mode: str):  # type: ignore[no-untyped-def]
+    def intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``[..., N, 7] × [..., M, 7] → [..., N, M]`` intersection areas (bev) or volumes (3d)."""
+        ta = torch.from_numpy(np.asarray(a, dtype=np.float64))
+        tb = torch.from_numpy(np.asarray(b, dtype=np.float64))
+        lead = torch.broadcast_shapes(ta.shape[:-2], tb.shape[:-2])
+        n, m = ta.shape[-2], tb.shape[-2]
+        pa = ta[..., :, None, :].expand(*lead, n, m, 7).reshape(-1, 7)
+        pb = tb[..., None, :, :].expand(*lead, n, m, 7).reshape(-1, 7)
+        inter = bev_intersection(pa, pb)
+        if mode == "3d":
+            top = torch.minimum(pa[:, 2] + pa[:, 5] / 2, pb[:, 2] + pb[:, 5] / 2)
+            bottom = torch.maximum(pa[:, 2] - pa[:, 5] / 2, pb[:, 2] - pb[:, 5] / 2)
+            inter = inter * (top - bottom).clamp(min=0)
+        return inter.reshape(*lead, n, m).numpy()
+
+    def size(a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, dtype=np.float64)
+        s = np.clip(a[..., 3], 0, None) * np.clip(a[..., 4], 0, None)
+        return s * np.clip(a[..., 5], 0, None) if mode == "3d" else s
+
+    return intersection, size
+
+
+ROTATED_BEV = Geometry("bev", 7, *_pairwise("bev"))
+ROTATED_3D = Geometry("3d", 7, *_pairwise("3d"))

@@ -79,3 +79,61 @@ def test_matrix_equals_pairs() -> None:
     m = iou_matrix(a, b, mode="bev")
     assert m.shape == (13, 7)
     assert torch.allclose(m[4], paired_iou(a[4:5].expand(7, -1), b, mode="bev"))
+
+
+def _scene_3d(seed: int) -> dict:
+    """A 2D scene of the matching tests lifted to 3D: footprints from the xyxy boxes, one height range."""
+    import numpy as np
+
+    from tests.core.detection.test_matching import _scene
+
+    s = _scene(np.random.default_rng(seed), 40, 0.0)
+
+    def lift(b: np.ndarray) -> np.ndarray:
+        c = (b[:, :2] + b[:, 2:]) / 2
+        wh = b[:, 2:] - b[:, :2]
+        n = len(b)
+        return np.column_stack([c, np.zeros(n), wh, np.ones(n), np.zeros(n)])
+
+    return {**s, "gb3": lift(s["gb"]), "pb3": lift(s["pb"])}
+
+
+def test_3d_matching_of_upright_boxes_equals_2d_matching() -> None:
+    from ml_debugger.core.detection.matching import codes, match
+    from ml_debugger.core.detection.rotated import ROTATED_3D
+
+    s = _scene_3d(5)
+    m2 = match(s["pi"], s["pb"], s["pc"], s["ps"], s["gi"], s["gb"], s["gc"])
+    m3 = match(s["pi"], s["pb3"], s["pc"], s["ps"], s["gi"], s["gb3"], s["gc"], geometry=ROTATED_3D)
+    assert m2.tp.sum() > 30 and (m2.tp == m3.tp).all() and (m2.pred_gt == m3.pred_gt).all()
+    c2 = codes(s["pi"], s["pb"], s["pc"], s["gi"], s["gb"], s["gc"], m2)
+    c3 = codes(s["pi"], s["pb3"], s["pc"], s["gi"], s["gb3"], s["gc"], m3, geometry=ROTATED_3D)
+    assert (c2.code == c3.code).all() and (c2.missed == c3.missed).all()
+
+
+def test_3d_matching_does_not_depend_on_the_scene_heading() -> None:
+    import numpy as np
+
+    from ml_debugger.core.detection.matching import codes, match
+    from ml_debugger.core.detection.rotated import ROTATED_3D
+
+    s = _scene_3d(6)
+    # Off the half-pixel grid, so no IoU sits exactly on a threshold (where rounding decides).
+    rng = np.random.default_rng(0)
+    for key in ("pb3", "gb3"):
+        s[key][:, [0, 1, 3, 4]] += rng.uniform(-1e-3, 1e-3, (len(s[key]), 4))
+
+    def turn(b: np.ndarray, angle: float) -> np.ndarray:
+        c, si = np.cos(angle), np.sin(angle)
+        out = b.copy()
+        out[:, 0], out[:, 1] = c * b[:, 0] - si * b[:, 1], si * b[:, 0] + c * b[:, 1]
+        out[:, 6] = b[:, 6] + angle
+        return out
+
+    base = match(s["pi"], s["pb3"], s["pc"], s["ps"], s["gi"], s["gb3"], s["gc"], geometry=ROTATED_3D)
+    pb, gb = turn(s["pb3"], 0.7), turn(s["gb3"], 0.7)
+    turned = match(s["pi"], pb, s["pc"], s["ps"], s["gi"], gb, s["gc"], geometry=ROTATED_3D)
+    assert (base.tp == turned.tp).all()
+    c = codes(s["pi"], pb, s["pc"], s["gi"], gb, s["gc"], turned, geometry=ROTATED_3D)
+    c0 = codes(s["pi"], s["pb3"], s["pc"], s["gi"], s["gb3"], s["gc"], base, geometry=ROTATED_3D)
+    assert (c.code == c0.code).all()
