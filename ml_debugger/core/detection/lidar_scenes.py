@@ -98,12 +98,12 @@ def make_frame(seed: int) -> Frame:
         cls = int(rng.choice(3, p=[0.5, 0.3, 0.2]))
         x, y = rng.uniform(4, 38), rng.uniform(-17, 17)
         yaw = rng.uniform(-math.pi, math.pi)
+        size: tuple[float, ...]
         if cls == 1:
-            r, h = rng.uniform(0.25, 0.35), rng.uniform(1.5, 1.9)
-            size = (2 * r, 2 * r, h)
+            rad, h = rng.uniform(0.25, 0.35), rng.uniform(1.5, 1.9)
+            size = (2 * rad, 2 * rad, h)
         else:
-            base = _SIZES[cls]
-            size = tuple(v * rng.uniform(0.9, 1.1) for v in base)
+            size = tuple(v * rng.uniform(0.9, 1.1) for v in _SIZES[cls])
         radius = math.hypot(size[0], size[1]) / 2
         if not free(x, y, radius):
             continue
@@ -127,9 +127,9 @@ def make_frame(seed: int) -> Frame:
         closer = t < dist
         dist, hit_id = np.where(closer, t, dist), np.where(closer, -2, hit_id)
     ok = dist < MAX_RANGE
-    r = dist[ok] + rng.normal(0, 0.02, int(ok.sum()))
-    pts = dirs[ok] * r[:, None]
-    intensity = np.clip(rng.normal(0.3, 0.1, len(r)) + (hit_id[ok] >= 0) * 0.3, 0, 1)
+    ranges = dist[ok] + rng.normal(0, 0.02, int(ok.sum()))
+    pts = dirs[ok] * ranges[:, None]
+    intensity = np.clip(rng.normal(0.3, 0.1, len(ranges)) + (hit_id[ok] >= 0) * 0.3, 0, 1)
     points = np.column_stack([pts, intensity]).astype(np.float32)
     counts = np.bincount(hit_id[ok][hit_id[ok] >= 0], minlength=len(objects))
     keep = [i for i in range(len(objects)) if counts[i] >= MIN_POINTS]
