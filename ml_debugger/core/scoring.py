@@ -227,6 +227,7 @@ def score(
 
 def _score_detection(store: Store, info: ResultInfo, run: RunInfo, force: bool) -> ScoreSummary:
     from ml_debugger.core.detection.evaluate import check_detection_compatible, score_boxes
+    from ml_debugger.core.detection.strategy import box_is_error
 
     check_detection_compatible(info, run)
     if run.status != "complete":
@@ -239,8 +240,6 @@ def _score_detection(store: Store, info: ResultInfo, run: RunInfo, force: bool) 
         "SELECT zone, error_code FROM box_scores WHERE result = $r AND run = $run",
         params={"r": info.name, "run": run.name},
     ).pl()
-    parts = pl.col("error_code").str.extract_groups(r"^DET:(\w+):CLS(.*)->(.*)$")
-    right = (parts.struct.field("1") == "A") & (parts.struct.field("2") == parts.struct.field("3"))
-    frame = frame.with_columns(pl.when(pl.col("error_code").is_null()).then(None).otherwise(~right).alias("is_error"))
+    frame = frame.with_columns(box_is_error())
     labelled = frame["is_error"].null_count() < frame.height
     return ScoreSummary(info.name, run.name, frame.height, not fresh, zone_table(frame), labelled)

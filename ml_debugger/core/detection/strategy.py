@@ -160,3 +160,11 @@ def box_frame(scores: pl.DataFrame, classes: list[str]) -> pl.DataFrame:
         (w * h / area).alias("pred_size"),
         pl.col("label").replace_strict(dict(enumerate(classes)), return_dtype=pl.String).alias("predicted"),
     )
+
+
+def box_is_error() -> pl.Expr:
+    """From a box's ``error_code``: not a right box (not ``A`` with truth = prediction); null
+    where the run is unlabelled (no code)."""
+    parts = pl.col("error_code").str.extract_groups(r"^DET:(\w+):CLS(.*)->(.*)$")
+    right = (parts.struct.field("1") == "A") & (parts.struct.field("2") == parts.struct.field("3"))
+    return pl.when(pl.col("error_code").is_null()).then(None).otherwise(~right).alias("is_error")

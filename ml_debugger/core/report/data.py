@@ -75,17 +75,15 @@ def _frame(store: Store, result: str, run: str) -> pl.DataFrame:
 def _box_frame(store: Store, info: ResultInfo, run: str) -> pl.DataFrame:
     """A detection run's box scores as report rows: one per box, with the columns the shared
     sections read (pred, confidence = the box score, is_error from the box's code)."""
-    from ml_debugger.core.detection.strategy import box_frame
+    from ml_debugger.core.detection.strategy import box_frame, box_is_error
 
     boxes = box_frame(store.read_box_scores(info.name, run), info.classes)
     paths = store.con.sql("SELECT sample_id, path FROM samples WHERE run = $r", params={"r": run}).pl()
-    parts = pl.col("error_code").str.extract_groups(r"^DET:(\w+):CLS(.*)->(.*)$")
-    right = (parts.struct.field("1") == "A") & (parts.struct.field("2") == parts.struct.field("3"))
     return boxes.join(paths, on="sample_id", how="left").with_columns(
         pl.col("label").alias("pred"),
         pl.col("score").alias("confidence"),
         pl.lit(None, dtype=pl.Float32).alias("stability"),
-        pl.when(pl.col("error_code").is_null()).then(None).otherwise(~right).alias("is_error"),
+        box_is_error(),
     )
 
 
