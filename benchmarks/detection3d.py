@@ -8,8 +8,10 @@ skipped by the circle test). Then 20,000 pairs against shapely's polygon interse
     python benchmarks/detection3d.py
 
 Target (issue 8, 2 cores): 1,000,000 pairs in ≤ 2 s; agreement with shapely to 1e-6.
-(The error-model AUROC, frame-level flags and extraction overhead join this script with the
-3D detector.)
+Then the tiny BEV detector of the 3D demo (procedural frames, not recorded): trained on 400
+frames for 12 epochs, its recall on 100 held-out frames at BEV IoU 0.3 / 0.5 / 0.7 (boxes of
+score ≥ 0.3, before any NMS). The error-model AUROC, frame-level flags and extraction overhead
+join this script with the 3D extraction.
 """
 
 from __future__ import annotations
@@ -60,5 +62,37 @@ def main() -> None:
     print(f"20,000 pairs: mldbg {t_ours:.3f} s, shapely {t_ref:.2f} s ({t_ref / t_ours:.0f}×); max |ΔIoU| {diff:.2e}")
 
 
+def bev_detector() -> None:
+    import numpy as np
+
+    from ml_debugger.core.detection.bevdet import train_bev
+    from ml_debugger.core.detection.lidar_scenes import CLASSES, make_frame
+    from ml_debugger.core.detection.matching import match
+    from ml_debugger.core.detection.rotated import ROTATED_BEV
+
+    torch.manual_seed(0)
+    train = [make_frame(i) for i in range(400)]
+    t = time.perf_counter()
+    net = train_bev(train, epochs=12)
+    print(f"\nBEV detector: 400 frames × 12 epochs trained in {time.perf_counter() - t:.1f} s")
+    val = [make_frame(1_000_000 + i) for i in range(100)]
+    with torch.no_grad():
+        out = net([torch.from_numpy(f.points) for f in val])
+    score, label = (torch.softmax(out["logits"], -1) * out["objectness"][..., None]).max(-1)
+    keep = [torch.nonzero(score[i] >= 0.3).reshape(-1) for i in range(len(val))]
+    pi = np.concatenate([np.full(len(k), i) for i, k in enumerate(keep)])
+    pb = np.concatenate([out["boxes"][i][k].numpy() for i, k in enumerate(keep)])
+    pc = np.concatenate([label[i][k].numpy() for i, k in enumerate(keep)])
+    ps = np.concatenate([score[i][k].numpy() for i, k in enumerate(keep)])
+    gi = np.concatenate([np.full(len(f.labels), i) for i, f in enumerate(val)])
+    gb, gc = np.concatenate([f.boxes for f in val]), np.concatenate([f.labels for f in val])
+    print(f"{len(gc):,} objects in 100 held-out frames, {len(pi):,} candidate boxes of score ≥ 0.3")
+    for thr in (0.3, 0.5, 0.7):
+        m = match(pi, pb, pc, ps, gi, gb, gc, geometry=ROTATED_BEV, iou_threshold=thr)
+        per = ", ".join(f"{n} {m.gt_matched[gc == c].mean():.2f}" for c, n in enumerate(CLASSES))
+        print(f"BEV IoU {thr}: recall {m.gt_matched.mean():.3f} ({per})")
+
+
 if __name__ == "__main__":
     main()
+    bev_detector()
