@@ -5,7 +5,7 @@ a batch of images ``[B, 3, H, W]`` and returns, for each image, its **candidate 
 final NMS**: either a list of B dicts, or one dict of tensors with a leading batch dimension::
 
     {
-        "boxes":    Tensor[N, 4],  # x1, y1, x2, y2 in the input's pixels
+        "boxes":    Tensor[N, 4],  # x1, y1, x2, y2 in the input's pixels (3D: [N, 7], see postprocess)
         "logits":   Tensor[N, C],  # class logits (mldbg applies softmax) ...
         # or "scores": Tensor[N, C],  # ... class probabilities already
         "features": Tensor[N, D],  # one feature vector per box (e.g. the box head's input)
@@ -20,6 +20,7 @@ A model that breaks the protocol is refused with the key and the shape that are 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +65,19 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
 
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+IouFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def rotated_bev_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise BEV IoU of 3D boxes ``[N, 7]`` and ``[M, 7]``: what 3D post-processing suppresses by."""
+    from ml_debugger.core.detection.rotated import iou_matrix
+
+    return iou_matrix(a, b, mode="bev").to(a.dtype)
+
+
+def nms(
+    boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, iou_threshold: float, iou_fn: IouFn = box_iou
+) -> torch.Tensor:
     """Indices of the boxes greedy per-class NMS keeps, best score first (ties: input order).
 
     Exact greedy NMS without a Python loop over boxes: with ``S[i, j]`` = "box i (ranked before
@@ -77,7 +90,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, iou_th
     order = torch.sort(scores, descending=True, stable=True).indices
     b, c = boxes[order], classes[order]
     n = len(order)
-    suppress = (box_iou(b, b) > iou_threshold) & (c[:, None] == c[None, :])
+    suppress = (iou_fn(b, b) > iou_threshold) & (c[:, None] == c[None, :])
     suppress = torch.triu(suppress, diagonal=1)
     keep = torch.ones(n, dtype=torch.bool, device=boxes.device)
     for _ in range(_ROUNDS):
@@ -115,7 +128,7 @@ def _protocol(problem: str) -> str:
     )
 
 
-def _check(o: dict[str, torch.Tensor], i: int, n_classes: int | None) -> tuple[torch.Tensor, ...]:
+def _check(o: dict[str, torch.Tensor], i: int, n_classes: int | None, box_dim: int = 4) -> tuple[torch.Tensor, ...]:
     for k in KEYS:
         if k not in o:
             raise ModelError(_protocol(f"image {i} has no {k!r}"))
@@ -125,8 +138,8 @@ def _check(o: dict[str, torch.Tensor], i: int, n_classes: int | None) -> tuple[t
         raise ModelError(_protocol(f"image {i} has neither 'logits' nor 'scores'"))
     cls = o[cls_key]
     n = boxes.shape[0] if boxes.ndim == 2 else -1
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ModelError(_protocol(f"image {i}: boxes has shape {tuple(boxes.shape)}, not [N, 4]"))
+    if boxes.ndim != 2 or boxes.shape[1] != box_dim:
+        raise ModelError(_protocol(f"image {i}: boxes has shape {tuple(boxes.shape)}, not [N, {box_dim}]"))
     if cls.ndim != 2 or cls.shape[0] != n:
         raise ModelError(_protocol(f"image {i}: {cls_key} has shape {tuple(cls.shape)}, not [{n}, C]"))
     if n_classes is not None and cls.shape[1] != n_classes:
@@ -150,20 +163,25 @@ def postprocess(
     iou_thresh: float = 0.5,
     max_detections: int = 100,
     n_classes: int | None = None,
+    box_dim: int = 4,
 ) -> list[Detections]:
-    """Score threshold, per-class NMS and top-k on a detector's candidates, per image."""
+    """Score threshold, per-class NMS and top-k on a detector's candidates, per image.
+
+    2D boxes are ``[N, 4]`` xyxy; 3D boxes ``[N, 7]`` (``box_dim=7``: x, y, z, dx, dy, dz, yaw)
+    are suppressed and compared by their rotated bird's-eye-view IoU."""
+    iou_fn: IouFn = rotated_bev_iou if box_dim == 7 else box_iou
     kept = []
     for i, o in enumerate(_per_image(output, batch)):
-        boxes, probs, feats = _check(o, i, n_classes)
+        boxes, probs, feats = _check(o, i, n_classes, box_dim)
         scores, labels = probs.max(-1)
         idx = torch.nonzero(scores >= score_thresh).reshape(-1)
-        keep = idx[nms(boxes[idx], scores[idx], labels[idx], iou_thresh)][:max_detections]
+        keep = idx[nms(boxes[idx], scores[idx], labels[idx], iou_thresh, iou_fn)][:max_detections]
         kb = boxes[keep]
-        ious = box_iou(kb, boxes[idx])
+        ious = iou_fn(kb, boxes[idx])
         near = (ious > iou_thresh) & (labels[keep][:, None] == labels[idx][None, :]) & (keep[:, None] != idx[None, :])
         n_near = near.sum(1)
         mean_iou = (ious * near).sum(1) / n_near.clamp(min=1)
-        others = box_iou(kb, kb).fill_diagonal_(0.0)
+        others = iou_fn(kb, kb).fill_diagonal_(0.0)
         max_other = others.max(1).values if len(keep) > 1 else torch.zeros(len(keep))
         kept.append(
             Detections(kb, probs[keep], labels[keep], scores[keep], feats[keep], keep, n_near, mean_iou, max_other)

@@ -41,3 +41,30 @@ def test_a_few_seconds_of_training_give_a_real_imperfect_detector() -> None:
     gb, gc = np.concatenate([f.boxes for f in val]), np.concatenate([f.labels for f in val])
     m = match(pi, pb, pc, ps, gi, gb, gc, geometry=ROTATED_BEV, iou_threshold=0.3)
     assert 0.4 < m.gt_matched.mean() < 0.99 and m.tp.mean() < 0.9  # finds objects, with real mistakes
+
+
+def test_3d_post_processing_suppresses_by_rotated_bev_iou() -> None:
+    from ml_debugger.core.detection.adapter import nms, postprocess, rotated_bev_iou
+    from ml_debugger.core.detection.rotated import iou_matrix
+
+    g = torch.Generator().manual_seed(1)
+    n = 120
+    xy = torch.rand(n, 2, generator=g) * 12
+    boxes = torch.cat([xy, torch.zeros(n, 1), torch.rand(n, 3, generator=g) * 3 + 0.5,
+                       torch.rand(n, 1, generator=g) * 6.28], 1)  # fmt: skip
+    scores = torch.rand(n, generator=g)
+    classes = torch.randint(0, 2, (n,), generator=g)
+    kept = nms(boxes, scores, classes, 0.3, rotated_bev_iou).tolist()
+    # the plain greedy rule, with the rotated IoU
+    ious = iou_matrix(boxes, boxes, mode="bev")
+    want: list[int] = []
+    for i in sorted(range(n), key=lambda k: (-float(scores[k]), k)):
+        if all(classes[i] != classes[j] or float(ious[i, j]) <= 0.3 for j in want):
+            want.append(i)
+    assert kept == want and len(kept) < n
+    out = {"boxes": boxes, "logits": torch.randn(n, 2, generator=g), "features": torch.randn(n, 8, generator=g)}
+    (d,) = postprocess([out], 1, score_thresh=0.0, iou_thresh=0.3, max_detections=40, box_dim=7)
+    assert d.boxes.shape[1] == 7 and len(d.index) <= 40
+    assert (
+        float(rotated_bev_iou(d.boxes, d.boxes).fill_diagonal_(0)[d.labels[:, None] == d.labels[None, :]].max()) <= 0.3
+    )
