@@ -65,7 +65,7 @@ def main() -> None:
 def bev_detector() -> None:
     import numpy as np
 
-    from ml_debugger.core.detection.bevdet import train_bev
+    from ml_debugger.core.detection.bevdet import candidates, train_bev
     from ml_debugger.core.detection.lidar_scenes import CLASSES, make_frame
     from ml_debugger.core.detection.matching import match
     from ml_debugger.core.detection.rotated import ROTATED_BEV
@@ -78,12 +78,7 @@ def bev_detector() -> None:
     val = [make_frame(1_000_000 + i) for i in range(100)]
     with torch.no_grad():
         out = net([torch.from_numpy(f.points) for f in val])
-    score, label = (torch.softmax(out["logits"], -1) * out["objectness"][..., None]).max(-1)
-    keep = [torch.nonzero(score[i] >= 0.3).reshape(-1) for i in range(len(val))]
-    pi = np.concatenate([np.full(len(k), i) for i, k in enumerate(keep)])
-    pb = np.concatenate([out["boxes"][i][k].numpy() for i, k in enumerate(keep)])
-    pc = np.concatenate([label[i][k].numpy() for i, k in enumerate(keep)])
-    ps = np.concatenate([score[i][k].numpy() for i, k in enumerate(keep)])
+    pi, pb, pc, ps = candidates(out, 0.3)
     gi = np.concatenate([np.full(len(f.labels), i) for i, f in enumerate(val)])
     gb, gc = np.concatenate([f.boxes for f in val]), np.concatenate([f.labels for f in val])
     print(f"{len(gc):,} objects in 100 held-out frames, {len(pi):,} candidate boxes of score ≥ 0.3")

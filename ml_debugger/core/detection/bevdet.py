@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ml_debugger.core.detection.lidar_scenes import CLASSES, PC_RANGE, Frame
+from ml_debugger.core.detection.training import fit
 
 CELL = 0.5
 STRIDE = 2  # output cells are STRIDE × CELL metres
@@ -116,19 +118,29 @@ def train_bev(frames: list[Frame], *, epochs: int = 8, seed: int = 0, batch: int
     grids = bev([torch.from_numpy(f.points) for f in frames])
     t = [targets(f) for f in frames]
     pos, cls, reg = (torch.stack([x[i] for x in t]) for i in range(3))
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    gen = torch.Generator().manual_seed(seed)
-    net.train()
-    for _ in range(epochs):
-        for b in torch.randperm(len(frames), generator=gen).split(batch):
-            _, logits, obj, r = net.heads(grids[b])
-            p = pos[b]
-            loss = F.binary_cross_entropy_with_logits(obj, p.float(), pos_weight=torch.tensor(10.0))
-            if p.any():
-                rp, tp = r[p], reg[b][p]
-                loss = loss + F.cross_entropy(logits[p], cls[b][p]) + F.smooth_l1_loss(rp[:, :6], tp[:, :6])
-                loss = loss + F.mse_loss(F.normalize(rp[:, 6:8], dim=1), tp[:, 6:8])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return net.eval()
+
+    def batch_loss(b: torch.Tensor) -> torch.Tensor:
+        _, logits, obj, r = net.heads(grids[b])
+        p = pos[b]
+        loss = F.binary_cross_entropy_with_logits(obj, p.float(), pos_weight=torch.tensor(10.0))
+        if p.any():
+            rp, tp = r[p], reg[b][p]
+            loss = loss + F.cross_entropy(logits[p], cls[b][p]) + F.smooth_l1_loss(rp[:, :6], tp[:, :6])
+            loss = loss + F.mse_loss(F.normalize(rp[:, 6:8], dim=1), tp[:, 6:8])
+        return loss
+
+    fit(net, len(frames), batch_loss, epochs=epochs, batch=batch, lr=2e-3, seed=seed)
+    return net
+
+
+def candidates(out: dict[str, torch.Tensor], score_thresh: float) -> tuple[np.ndarray, ...]:
+    """The batch's candidate boxes of score ≥ ``score_thresh`` (before any NMS), flattened for
+    ``matching.match``: frame index, box ``[K, 7]``, class and score arrays."""
+    score, label = (torch.softmax(out["logits"], -1) * out["objectness"][..., None]).max(-1)
+    keep = [torch.nonzero(s >= score_thresh).reshape(-1) for s in score]
+    return (
+        np.concatenate([np.full(len(k), i) for i, k in enumerate(keep)]),
+        np.concatenate([out["boxes"][i][k].numpy() for i, k in enumerate(keep)]).reshape(-1, 7),
+        np.concatenate([label[i][k].numpy() for i, k in enumerate(keep)]),
+        np.concatenate([score[i][k].numpy() for i, k in enumerate(keep)]),
+    )

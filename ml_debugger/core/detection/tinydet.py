@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml_debugger.core.detection.scenes import CLASSES, SIZE, Scene
+from ml_debugger.core.detection.training import fit
 
 STRIDE = 4
 FEATURES = 64
@@ -91,17 +92,14 @@ def train_detector(
     pos = torch.stack([x[0] for x in t])
     cls = torch.stack([x[1] for x in t])
     reg = torch.stack([x[2] for x in t])
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(seed)
-    net.train()
-    for _ in range(epochs):
-        for b in torch.randperm(len(images), generator=gen).split(batch):
-            _, logits, obj, ltrb = net.heads(images[b])
-            p = pos[b]
-            loss = F.binary_cross_entropy_with_logits(obj, p.float(), pos_weight=torch.tensor(4.0))
-            if p.any():
-                loss = loss + F.cross_entropy(logits[p], cls[b][p]) + F.smooth_l1_loss(ltrb[p], reg[b][p])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return net.eval()
+
+    def batch_loss(b: torch.Tensor) -> torch.Tensor:
+        _, logits, obj, ltrb = net.heads(images[b])
+        p = pos[b]
+        loss = F.binary_cross_entropy_with_logits(obj, p.float(), pos_weight=torch.tensor(4.0))
+        if p.any():
+            loss = loss + F.cross_entropy(logits[p], cls[b][p]) + F.smooth_l1_loss(ltrb[p], reg[b][p])
+        return loss
+
+    fit(net, len(images), batch_loss, epochs=epochs, batch=batch, lr=3e-3, seed=seed)
+    return net

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ml_debugger.core.detection.bevdet import FEATURES, bev, train_bev
+from ml_debugger.core.detection.bevdet import FEATURES, bev, candidates, train_bev
 from ml_debugger.core.detection.lidar_scenes import CLASSES, make_frame
 from ml_debugger.core.detection.matching import match
 from ml_debugger.core.detection.rotated import ROTATED_BEV
@@ -31,12 +31,7 @@ def test_a_few_seconds_of_training_give_a_real_imperfect_detector() -> None:
     n = out["boxes"].shape[1]
     assert out["boxes"].shape == (60, n, 7) and out["logits"].shape == (60, n, len(CLASSES))
     assert out["features"].shape == (60, n, FEATURES) and out["objectness"].shape == (60, n)
-    score, label = (torch.softmax(out["logits"], -1) * out["objectness"][..., None]).max(-1)
-    keep = [torch.nonzero(score[i] >= 0.3).reshape(-1) for i in range(60)]
-    pi = np.concatenate([np.full(len(k), i) for i, k in enumerate(keep)])
-    pb = np.concatenate([out["boxes"][i][k].numpy() for i, k in enumerate(keep)])
-    pc = np.concatenate([label[i][k].numpy() for i, k in enumerate(keep)])
-    ps = np.concatenate([score[i][k].numpy() for i, k in enumerate(keep)])
+    pi, pb, pc, ps = candidates(out, 0.3)
     gi = np.concatenate([np.full(len(f.labels), i) for i, f in enumerate(val)])
     gb, gc = np.concatenate([f.boxes for f in val]), np.concatenate([f.labels for f in val])
     m = match(pi, pb, pc, ps, gi, gb, gc, geometry=ROTATED_BEV, iou_threshold=0.3)
