@@ -16,7 +16,7 @@ __all__ = ["ClassificationDataFilter", "ClassificationTracer", "Evaluator", "Fil
 def __getattr__(name: str) -> object:
     # The real-time API imports torch; load it on first use so `mldbg --help` stays instant.
     if name in ("ClassificationDataFilter", "ClassificationTracer", "Evaluator", "FilterConfig",
-                "ObjectDetectionDataFilter", "BBoxStrategy"):  # fmt: skip
+                "ObjectDetectionDataFilter", "ObjectDetection3DDataFilter", "BBoxStrategy"):  # fmt: skip
         from ml_debugger import data_filter
 
         return getattr(data_filter, name)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from ml_debugger.core.detection.strategy import BBoxStrategy
 from ml_debugger.filters.classification import ClassificationDataFilter
 from ml_debugger.filters.config import FilterConfig
-from ml_debugger.filters.detection import ObjectDetectionDataFilter
+from ml_debugger.filters.detection import ObjectDetection3DDataFilter, ObjectDetectionDataFilter
 from ml_debugger.filters.tracer import ClassificationTracer, Evaluator
 
 __all__ = [
@@ -17,5 +17,6 @@ __all__ = [
     "ClassificationTracer",
     "Evaluator",
     "FilterConfig",
+    "ObjectDetection3DDataFilter",
     "ObjectDetectionDataFilter",
 ]

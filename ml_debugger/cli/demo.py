@@ -19,7 +19,11 @@ def demo_command(
     ),
     stability: Annotated[int, opt(help="Perturbed copies per pool sample.")] = 4,
     task: Annotated[
-        str, opt(help="classification (digits) or detection (procedural scenes and a tiny detector).")
+        str,
+        opt(
+            help="classification (digits), detection (procedural scenes, tiny detector) or detection3d "
+            "(procedural LiDAR frames, tiny BEV detector)."
+        ),
     ] = "classification",
     json: JsonOption = False,
 ) -> None:
@@ -31,18 +35,21 @@ def demo_command(
 
     With --task detection it builds procedural scenes (coloured shapes on textured backgrounds;
     not photographs) and a tiny detector trained in seconds, and runs the same flow per box and
-    per image, ending with a COCO file of the images to review.
+    per image, ending with a COCO file of the images to review. With --task detection3d it
+    builds procedural LiDAR frames (ray-cast, not recorded) and a tiny BEV detector, and ends
+    with a JSONL file of the frames to label.
 
     Example: mldbg demo mldbg-demo && cd mldbg-demo && mldbg runs
     """
-    if task == "detection":
-        _detection_demo(directory if directory != Path("mldbg-demo") else Path("mldbg-demo-det"), json)
+    if task in ("detection", "detection3d"):
+        default = Path("mldbg-demo-det" if task == "detection" else "mldbg-demo-3d")
+        _detection_demo(directory if directory != Path("mldbg-demo") else default, json, task == "detection3d")
         return
     if task != "classification":
         with user_errors():
             from ml_debugger.errors import UsageError
 
-            raise UsageError(f"--task {task!r}: choose classification or detection")
+            raise UsageError(f"--task {task!r}: choose classification, detection or detection3d")
     with user_errors():
         from ml_debugger.core.demo import MODEL_NAME, PREPROCESS, build_demo
         from ml_debugger.core.evaluate import evaluate
@@ -126,55 +133,98 @@ def _print_summary(directory: Path, summaries: list, result: Any, scored: Any, a
     )
 
 
-def _detection_demo(directory: Path, json: bool) -> None:
+def _detection_demo(directory: Path, json: bool, three_d: bool = False) -> None:
     with user_errors():
-        from ml_debugger.core.detection.demo import MODEL_NAME, build_detection_demo
         from ml_debugger.core.detection.evaluate import evaluate_detection
-        from ml_debugger.core.detection.extract import DetectionRequest, extract_detections
         from ml_debugger.core.export import export
         from ml_debugger.core.query import QuerySpec, run_query
         from ml_debugger.core.scoring import score
 
         directory.mkdir(parents=True, exist_ok=True)
-        status(f"building procedural scenes and training the tiny detector in {directory} …")
-        files = build_detection_demo(directory)
-        (directory / "mldbg.yaml").write_text(
-            "# Defaults for mldbg commands run in this folder (flags and MLDBG_* variables override them).\n"
-            "extract:\n  task: detection\n  model_name: tinydet\n  mean: '0.5'\n  std: '0.5'\n"
-        )
+        if three_d:
+            status(f"building procedural LiDAR frames and training the tiny BEV detector in {directory} …")
+            runs, unit, extract = _lidar_runs(directory)
+            val, pool, fmt, what = "lidar_val", "lidar_pool", "jsonl", "frames"
+            manifest = directory / "frames_to_label.jsonl"
+        else:
+            status(f"building procedural scenes and training the tiny detector in {directory} …")
+            runs, unit, extract = _scene_runs(directory)
+            val, pool, fmt, what = "det_val", "det_pool", "coco", "images"
+            manifest = directory / "to_review.json"
         db = _fresh_db(directory)
-        common = dict(model=str(files.model), model_name=MODEL_NAME, mean=(0.5,) * 3, std=(0.5,) * 3, overwrite=True)
         summaries = []
-        for name, folder, extra in (
-            ("det_val", files.val, {"annotations": str(files.val_annotations)}),
-            ("det_pool", files.pool, {"classes_file": str(files.classes)}),
-        ):
-            req = DetectionRequest(dataset=str(folder), name=name, **common, **extra)  # type: ignore[arg-type]
-            with progress_bar(f"extract {name}", unit="images") as progress:
-                summaries.append(extract_detections(req, db=db, progress=progress))
-        status("evaluating det_val (per-box error model, zones, mAP) …")
-        result = evaluate_detection("det_val", db=db).result
-        scored = score("det_pool", db=db, result=result.name)
+        for req in runs:
+            with progress_bar(f"extract {req.name}", unit=unit) as progress:
+                summaries.append(extract(req, db=db, progress=progress))
+        status(f"evaluating {val} (per-box error model, zones, mAP) …")
+        result = evaluate_detection(val, db=db).result
+        scored = score(pool, db=db, result=result.name)
         bbox = {"bbox_filter": "score>=0.3", "aggregation": "max", "img_error_threshold": 0.5}
-        answer = run_query(QuerySpec(n=50, bbox=bbox), db=db, run="det_pool")
-        manifest = directory / "to_review.json"
-        exported = export(answer.selection, db=db, fmt="coco", out=str(manifest)) if answer.selection else None
+        answer = run_query(QuerySpec(n=50, bbox=bbox), db=db, run=pool)
+        exported = export(answer.selection, db=db, fmt=fmt, out=str(manifest)) if answer.selection else None
     if json:
         _print_summary(directory, summaries, result, scored, answer, manifest if exported else None)
         return
     from ml_debugger.core.wording import detection_lines
 
-    out.print("procedural scenes (not photographs) and a tiny detector trained in seconds")
+    if three_d:
+        out.print("procedural LiDAR frames (ray-cast, not recorded) and a tiny BEV detector trained in seconds")
+    else:
+        out.print("procedural scenes (not photographs) and a tiny detector trained in seconds")
     for s in summaries:
-        out.print(f"run [bold]{s.run}[/bold]: {s.n_samples:,} images, {s.n_boxes:,} boxes kept")
-    out.print(f"result [bold]{result.name}[/bold] fitted on det_val")
+        out.print(f"run [bold]{s.run}[/bold]: {s.n_samples:,} {unit}, {s.n_boxes:,} boxes kept")
+    out.print(f"result [bold]{result.name}[/bold] fitted on {val}")
     out.print(headline(result.metrics))
     for line in detection_lines(result.metrics):
         out.print(line)
     out.print(zone_table(scored.zones, "box zones of the unlabelled pool"))
     if exported:
         out.print(
-            f"selected {exported.rows} pool images whose worst confident box has error_proba ≥ 0.5 as "
-            f"{exported.selection}; COCO file to review: [bold]{manifest}[/bold]"
+            f"selected {exported.rows} pool {what} whose worst confident box has error_proba ≥ 0.5 as "
+            f"{exported.selection}; file to review: [bold]{manifest}[/bold]"
         )
     out.print(f"next: cd {directory} && mldbg show {result.name} && mldbg selections")
+
+
+def _scene_runs(directory: Path) -> tuple[list[Any], str, Any]:
+    """The 2D demo: its data, model and mldbg.yaml; the two extraction requests."""
+    from ml_debugger.core.detection.demo import MODEL_NAME, build_detection_demo
+    from ml_debugger.core.detection.extract import DetectionRequest, extract_detections
+
+    files = build_detection_demo(directory)
+    (directory / "mldbg.yaml").write_text(
+        "# Defaults for mldbg commands run in this folder (flags and MLDBG_* variables override them).\n"
+        "extract:\n  task: detection\n  model_name: tinydet\n  mean: '0.5'\n  std: '0.5'\n"
+    )
+    common = dict(model=str(files.model), model_name=MODEL_NAME, mean=(0.5,) * 3, std=(0.5,) * 3, overwrite=True)
+    return (
+        [
+            DetectionRequest(dataset=str(files.val), name="det_val", annotations=str(files.val_annotations), **common),  # type: ignore[arg-type]
+            DetectionRequest(dataset=str(files.pool), name="det_pool", classes_file=str(files.classes), **common),  # type: ignore[arg-type]
+        ],
+        "images",
+        extract_detections,
+    )
+
+
+def _lidar_runs(directory: Path) -> tuple[list[Any], str, Any]:
+    """The 3D demo: frames, the detector's weights and mldbg.yaml; the two extraction requests."""
+    from ml_debugger.core.detection.demo3d import IOU_THRESH, MODEL, MODEL_NAME, SCORE_THRESH, build_lidar_demo
+    from ml_debugger.core.detection.extract3d import Detection3DRequest, extract_frames
+
+    files = build_lidar_demo(directory)
+    (directory / "mldbg.yaml").write_text(
+        "# Defaults for mldbg commands run in this folder (flags and MLDBG_* variables override them).\n"
+        f"extract:\n  task: detection3d\n  model_name: {MODEL_NAME}\n  score_thresh: {SCORE_THRESH}\n"
+        f"  iou_thresh: {IOU_THRESH}\n"
+    )
+    common = dict(model=MODEL, weights=str(files.weights), model_name=MODEL_NAME, score_thresh=SCORE_THRESH,
+                  iou_thresh=IOU_THRESH, overwrite=True)  # fmt: skip
+    return (
+        [
+            Detection3DRequest(dataset=str(files.val), name="lidar_val", **common),  # type: ignore[arg-type]
+            Detection3DRequest(dataset=str(files.pool), name="lidar_pool", **common),  # type: ignore[arg-type]
+        ],
+        "frames",
+        extract_frames,
+    )

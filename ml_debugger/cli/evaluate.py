@@ -10,6 +10,7 @@ import typer
 from ml_debugger.cli._console import err, out, print_json, status, user_errors
 from ml_debugger.cli._options import DbOption, JsonOption, opt
 from ml_debugger.cli._render import print_evaluation, zone_table
+from ml_debugger.core.detection import DETECTION_TASKS
 
 
 def evaluate_command(
@@ -42,7 +43,7 @@ def evaluate_command(
         with Store(db, read_only=True) as store:
             task = store.require_run(run).task
         status(f"evaluating {run} …")
-        if task == "detection":
+        if task in DETECTION_TASKS:
             from ml_debugger.core.detection.evaluate import evaluate_detection
 
             if reference:

@@ -27,11 +27,14 @@ class DatasetFormat(str, Enum):
     manifest = "manifest"
     coco = "coco"
     yolo = "yolo"
+    kitti = "kitti"
+    npy = "npy"
 
 
 class Task(str, Enum):
     classification = "classification"
     detection = "detection"
+    detection3d = "detection3d"
 
 
 class Device(str, Enum):
@@ -44,7 +47,8 @@ def extract_command(
     dataset: Annotated[
         Path,
         typer.Argument(
-            help="Dataset directory (class folders, a flat folder, COCO/YOLO images) or a .csv/.jsonl manifest.",
+            help="Dataset directory (class folders, a flat folder, COCO/YOLO images, KITTI/.npy point-cloud "
+            "frames) or a .csv/.jsonl manifest.",
             show_default=False,
         ),
     ],
@@ -105,15 +109,33 @@ def extract_command(
     ] = None,
     overwrite: Annotated[bool, opt(help="Replace an existing run of this name instead of resuming it.")] = False,
     task: Annotated[
-        Task, opt(help="classification, or detection (2D boxes; see --annotations).")
+        Task, opt(help="classification, detection (2D boxes; see --annotations) or detection3d (LiDAR frames).")
     ] = Task.classification,
     annotations: Annotated[
         Path | None,
         opt(help="Detection: COCO JSON of the images (--format coco), or the YOLO labels folder.", show_default=False),
     ] = None,
-    score_thresh: Annotated[float, opt(help="Detection: keep boxes whose class probability is at least this.")] = 0.05,
-    iou_thresh: Annotated[float, opt(help="Detection: per-class NMS IoU threshold.")] = 0.5,
-    max_detections: Annotated[int, opt(help="Detection: boxes kept per image, best first.")] = 100,
+    score_thresh: Annotated[
+        float | None,
+        opt(
+            help="Detection: keep boxes whose class probability is at least this (default 0.05; 3D 0.1).",
+            show_default=False,
+        ),
+    ] = None,
+    iou_thresh: Annotated[
+        float | None, opt(help="Detection: per-class NMS IoU threshold (3D: BEV IoU; default 0.5).", show_default=False)
+    ] = None,
+    max_detections: Annotated[
+        int | None,
+        opt(help="Detection: boxes kept per image or frame, best first (default 100; 3D 200).", show_default=False),
+    ] = None,
+    pc_range: Annotated[
+        str | None,
+        opt(
+            help="3D: keep points inside x_min,y_min,z_min,x_max,y_max,z_max (default: the model's pc_range).",
+            show_default=False,
+        ),
+    ] = None,
     db: DbOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -143,15 +165,20 @@ def extract_command(
                 return None
             return parse_floats(",".join(map(str, value)) if isinstance(value, list) else str(value), option)
 
+        from ml_debugger.errors import UsageError
+
         if task is Task.classification and (annotations or (format and format.value in ("coco", "yolo"))):
-            from ml_debugger.errors import UsageError
-
             raise UsageError("--annotations and --format coco/yolo are for detection datasets; add --task detection")
-        if task is Task.detection:
+        if task is not Task.detection3d and (pc_range or (format and format.value in ("kitti", "npy"))):
+            raise UsageError("--pc-range and --format kitti/npy are for point-cloud frames; add --task detection3d")
+        if task is not Task.classification:
             from ml_debugger.core.detection.extract import DetectionRequest
+            from ml_debugger.core.detection.extract3d import Detection3DRequest
 
-            three = lambda v: v * 3 if v is not None and len(v) == 1 else v  # noqa: E731  one value: every channel
-            det = DetectionRequest(
+            three_d = task is Task.detection3d
+            if three_d and (annotations or (format and format.value not in ("kitti", "npy"))):
+                raise UsageError("a detection3d dataset is --format kitti or npy, with its labels inside the folder")
+            common: dict[str, Any] = dict(
                 dataset=str(dataset),
                 name=name or dataset.resolve().name,
                 model=model,
@@ -159,19 +186,27 @@ def extract_command(
                 model_name=model_name,
                 model_version=model_version,
                 dataset_format=format.value if format else None,
-                annotations=str(annotations) if annotations else None,
                 classes_file=str(classes) if classes else None,
-                image_size=image_size,
-                mean=three(floats(mean, ex["mean"], "--mean")) or (0.485, 0.456, 0.406),
-                std=three(floats(std, ex["std"], "--std")) or (0.229, 0.224, 0.225),
-                score_thresh=score_thresh,
-                iou_thresh=iou_thresh,
-                max_detections=max_detections,
+                score_thresh=pick(score_thresh, 0.1 if three_d else 0.05),
+                iou_thresh=pick(iou_thresh, 0.5),
+                max_detections=pick(max_detections, 200 if three_d else 100),
                 device=device.value if device else ex["device"],
-                batch_size=int(batch_size or 16),
+                batch_size=int(batch_size or (8 if three_d else 16)),
                 workers=pick(workers, ex["workers"]),
                 overwrite=overwrite,
                 flush_seconds=float(ex["flush_seconds"]),
+            )
+            if three_d:
+                pcr = parse_floats(pc_range, "--pc-range") if pc_range else None
+                _run_detection(Detection3DRequest(**common, pc_range=pcr), db, json)
+                return
+            three = lambda v: v * 3 if v is not None and len(v) == 1 else v  # noqa: E731  one value: every channel
+            det = DetectionRequest(
+                **common,
+                annotations=str(annotations) if annotations else None,
+                image_size=image_size,
+                mean=three(floats(mean, ex["mean"], "--mean")) or (0.485, 0.456, 0.406),
+                std=three(floats(std, ex["std"], "--std")) or (0.229, 0.224, 0.225),
             )
             _run_detection(det, db, json)
             return
@@ -229,10 +264,13 @@ def extract_command(
 
 
 def _run_detection(req: Any, db: str | None, json: bool) -> None:
-    from ml_debugger.core.detection.extract import extract_detections
+    from ml_debugger.core.detection.extract import DetectionRequest, extract_detections
+    from ml_debugger.core.detection.extract3d import extract_frames
 
-    with progress_bar(f"extract {req.name}", unit="images") as progress, interrupt_on_sigterm():
-        summary = extract_detections(req, db=db, progress=progress)
+    unit = "images" if isinstance(req, DetectionRequest) else "frames"
+    run = extract_detections if isinstance(req, DetectionRequest) else extract_frames
+    with progress_bar(f"extract {req.name}", unit=unit) as progress, interrupt_on_sigterm():
+        summary = run(req, db=db, progress=progress)
     if json:
         print_json(summary.to_dict())
         return
@@ -242,7 +280,7 @@ def _run_detection(req: Any, db: str | None, json: bool) -> None:
     if summary.status == "up-to-date":
         verb = "already complete"
     out.print(
-        f"run [bold]{summary.run}[/bold] {verb}: {summary.n_samples:,} images ({summary.n_new:,} new), "
+        f"run [bold]{summary.run}[/bold] {verb}: {summary.n_samples:,} {unit} ({summary.n_new:,} new), "
         f"{summary.n_boxes:,} boxes kept, {summary.n_gt_boxes:,} ground-truth boxes, {summary.n_skipped:,} skipped "
         f"in {summary.seconds:.1f} s → {summary.db}"
     )

@@ -9,6 +9,7 @@ import typer
 
 from ml_debugger.cli._console import fmt, kv_table, out, print_json, table, user_errors
 from ml_debugger.cli._options import DbOption, JsonOption, opt
+from ml_debugger.core.detection import DETECTION_TASKS
 
 
 class HeatmapAxes(str, Enum):
@@ -65,7 +66,7 @@ def show_command(
             if store.get_run(name) is None:
                 _not_found(store, name)
             run = store.require_run(name)
-            if run.task == "detection":
+            if run.task in DETECTION_TASKS:
                 _show_detection_run(store, run, json)
                 return
             details: dict[str, Any] = {

@@ -21,6 +21,7 @@ from typing import IO, Any
 import polars as pl
 
 from ml_debugger import __version__
+from ml_debugger.core.detection import DETECTION_TASKS
 from ml_debugger.core.query import candidates
 from ml_debugger.core.store import Store
 from ml_debugger.errors import UsageError
@@ -93,7 +94,7 @@ def load_manifest(store: Store, selection: str | None) -> Manifest:
     """The rows of ``selection`` (the newest when None), in rank order."""
     sel = store.require_selection(selection)
     run = store.require_run(sel["run"])
-    if run.task == "detection":
+    if run.task in DETECTION_TASKS:
         return _detection_manifest(store, sel, run)
     classes = run.classes
     items = store.selection_items(sel["id"])

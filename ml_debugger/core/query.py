@@ -22,6 +22,7 @@ from ml_debugger.core.conditions import (
     parse_conditions,
     parse_zones,
 )
+from ml_debugger.core.detection import DETECTION_TASKS
 from ml_debugger.core.store import Store
 from ml_debugger.errors import UsageError
 
@@ -262,7 +263,7 @@ def run_query(
         info_run = store.require_run(run)
         info = find_result(store, info_run, result)
         notes: list[str] = []
-        if info_run.task == "detection":
+        if info_run.task in DETECTION_TASKS:
             cands = image_candidates(store, info, info_run, spec, zones, conditions, notes)
         else:
             if spec.bbox:
@@ -279,7 +280,7 @@ def run_query(
             excluded = total - cands.height
         feats = _feature_reader(store, run)
         strategy = "mix" if spec.mix else spec.strategy
-        if info_run.task == "detection" and (strategy == "diverse" or (spec.mix and "diverse" in spec.mix)):
+        if info_run.task in DETECTION_TASKS and (strategy == "diverse" or (spec.mix and "diverse" in spec.mix)):
             raise UsageError(
                 "the diverse strategy needs one feature vector per sample; detection runs have one per box"
             )

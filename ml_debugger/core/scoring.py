@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from ml_debugger.core import neighbors
+from ml_debugger.core.detection import DETECTION_TASKS
 from ml_debugger.core.errormodel import ErrorModel, signal_arrays, signal_frame
 from ml_debugger.core.store import ResultInfo, RunInfo, Store
 from ml_debugger.core.summary import zone_table
@@ -209,7 +210,7 @@ def score(
     with Store(db) as store:
         run = store.require_run(run_name)
         info = find_result(store, run, result)
-        if run.task == "detection":
+        if run.task in DETECTION_TASKS:
             return _score_detection(store, info, run, force)
         check_compatible(info, run)
         if run.status != "complete":

@@ -139,8 +139,12 @@ def detection_lines(metrics: dict[str, Any]) -> list[str]:
         return []
     lines = []
     if metrics.get("map50") is not None:
+        mode = (metrics.get("iou") or {}).get("mode", "xyxy")
+        iou = {"bev": " (BEV IoU)", "3d": " (3D IoU)"}.get(mode, "")
+        unit = "images" if mode == "xyxy" else "frames"
         lines.append(
-            f"mAP@0.5 {metrics['map50']:.4f}, mAP@[.5:.95] {metrics['map']:.4f} on {metrics.get('images', 0):,} images"
+            f"mAP@0.5 {metrics['map50']:.4f}, mAP@[.5:.95] {metrics['map']:.4f}{iou} on "
+            f"{metrics.get('images', 0):,} {unit}"
         )
     codes = metrics.get("codes") or {}
     if codes:

@@ -1,2 +1,5 @@
-"""Object detection (2D): boxes, COCO-style matching and error codes; later the per-box error
-model and image-level aggregation (BBoxStrategy)."""
+"""Object detection, 2D (images) and 3D (point-cloud frames): boxes, COCO-style matching and
+error codes, the per-box error model and image/frame-level aggregation (BBoxStrategy)."""
+
+# Tasks whose runs hold boxes (``boxes``, ``gt_boxes``, ``box_scores``) rather than one output per sample.
+DETECTION_TASKS = ("detection", "detection3d")

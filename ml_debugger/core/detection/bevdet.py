@@ -31,7 +31,8 @@ PRIOR = torch.tensor([[4.0, 1.8, 1.5], [0.6, 0.6, 1.7], [1.8, 0.6, 1.7]])
 
 def bev(points: list[torch.Tensor]) -> torch.Tensor:
     """Point clouds → ``[B, 4, NY, NX]`` BEV features (points outside PC_RANGE are ignored)."""
-    out = torch.zeros(len(points), 4, NY * NX)
+    dev = points[0].device if len(points) else torch.device("cpu")
+    out = torch.zeros(len(points), 4, NY * NX, device=dev)
     for b, p in enumerate(points):
         p = p.float()
         ix = ((p[:, 0] - PC_RANGE[0]) / CELL).floor().long()
@@ -39,11 +40,12 @@ def bev(points: list[torch.Tensor]) -> torch.Tensor:
         ok = (ix >= 0) & (ix < NX) & (iy >= 0) & (iy < NY) & (p[:, 2] >= PC_RANGE[2]) & (p[:, 2] < PC_RANGE[5])
         cell = iy[ok] * NX + ix[ok]
         z = p[ok, 2] - PC_RANGE[2]
-        count = torch.zeros(NY * NX).index_add_(0, cell, torch.ones_like(z))
+        zero = torch.zeros(NY * NX, device=dev)
+        count = zero.clone().index_add_(0, cell, torch.ones_like(z))
         out[b, 0] = torch.log1p(count)
-        out[b, 1] = torch.zeros(NY * NX).scatter_reduce_(0, cell, z, "amax", include_self=True)
-        out[b, 2] = torch.zeros(NY * NX).index_add_(0, cell, z) / count.clamp(min=1)
-        out[b, 3] = torch.zeros(NY * NX).index_add_(0, cell, p[ok, 3]) / count.clamp(min=1)
+        out[b, 1] = zero.clone().scatter_reduce_(0, cell, z, "amax", include_self=True)
+        out[b, 2] = zero.clone().index_add_(0, cell, z) / count.clamp(min=1)
+        out[b, 3] = zero.clone().index_add_(0, cell, p[ok, 3]) / count.clamp(min=1)
     return out.reshape(len(points), 4, NY, NX)
 
 
@@ -56,6 +58,10 @@ def cell_centres() -> torch.Tensor:
 
 
 class TinyBEV(nn.Module):
+    """The demo's 3D detector; ``pc_range`` tells mldbg which points it expects."""
+
+    pc_range = PC_RANGE
+
     def __init__(self, n_classes: int = len(CLASSES)) -> None:
         super().__init__()
         self.backbone = nn.Sequential(
@@ -70,7 +76,7 @@ class TinyBEV(nn.Module):
         )
         self.cls = nn.Conv2d(FEATURES, n_classes, 1)
         self.obj = nn.Conv2d(FEATURES, 1, 1)
-        self.reg = nn.Conv2d(FEATURES, 8, 1)  # dx_off, dy_off, z, log size ×3, sin yaw, cos yaw
+        self.reg = nn.Conv2d(FEATURES, 8, 1)  # dx_off, dy_off, z, log size ×3, sin 2·yaw, cos 2·yaw
 
     def heads(self, grid: torch.Tensor) -> tuple[torch.Tensor, ...]:
         f = self.backbone(grid)
@@ -79,13 +85,19 @@ class TinyBEV(nn.Module):
 
     def forward(self, points: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         feats, logits, obj, reg = self.heads(bev(points))
-        centre = cell_centres()
+        centre = cell_centres().to(feats.device)
         label = logits.argmax(-1)
-        size = PRIOR[label] * reg[..., 3:6].clamp(-2, 2).exp()
+        size = PRIOR.to(feats.device)[label] * reg[..., 3:6].clamp(-2, 2).exp()
         xy = centre + torch.tanh(reg[..., :2]) * CELL * STRIDE
-        yaw = torch.atan2(reg[..., 6], reg[..., 7])
+        # A footprint is the same at yaw and yaw + π: the head predicts 2·yaw, which has no such ambiguity.
+        yaw = torch.atan2(reg[..., 6], reg[..., 7]) / 2
         boxes = torch.cat([xy, reg[..., 2:3], size, yaw[..., None]], -1)
         return {"boxes": boxes, "logits": logits, "objectness": torch.sigmoid(obj), "features": feats}
+
+
+def build() -> TinyBEV:
+    """The factory for ``--model ml_debugger.core.detection.bevdet:build --weights bev.pt``."""
+    return TinyBEV().eval()
 
 
 def targets(frame: Frame) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -106,7 +118,7 @@ def targets(frame: Frame) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         reg[take, :2] = torch.atanh(off)
         reg[take, 2] = box[2]
         reg[take, 3:6] = (box[3:6] / PRIOR[int(label)]).log()
-        reg[take, 6], reg[take, 7] = math.sin(float(box[6])), math.cos(float(box[6]))
+        reg[take, 6], reg[take, 7] = math.sin(2 * float(box[6])), math.cos(2 * float(box[6]))
         best[take] = d[take]
     return pos, cls, reg
 

@@ -8,6 +8,9 @@ Signals of a kept box (MetaDetect-style, plus the box's feature vector through i
   (distance to the nearest image edge over the shorter side; 0 = touching);
 - overlap: ``log_candidates`` (log 1 + candidates of its class it overlaps above the NMS IoU),
   ``candidate_iou`` (their mean IoU), ``max_iou_other`` (largest IoU with another kept box);
+- 3D boxes replace the geometry with ``log_range`` (BEV distance to the sensor), ``log_points``
+  (log 1 + the frame's points inside the box: sparse boxes are guesses), ``log_volume``,
+  ``log_aspect`` (|log dx/dy|) and ``z`` (the box centre's height);
 - neighbours in feature space, among the labelled run's boxes of *other* images:
   ``knn_error`` (share of the k nearest that were errors), ``knn_cls_disagree`` (share of those
   with a ground truth whose class differs from this box's label), ``knn_distance`` (the k-th
@@ -16,6 +19,7 @@ Signals of a kept box (MetaDetect-style, plus the box's feature vector through i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +35,22 @@ SIGNALS = (
     "log_rel_area",
     "log_aspect",
     "border",
+    "log_candidates",
+    "candidate_iou",
+    "max_iou_other",
+    "knn_error",
+    "knn_cls_disagree",
+    "knn_distance",
+)
+SIGNALS_3D = (
+    "score_logit",
+    "entropy",
+    "margin",
+    "log_range",
+    "log_points",
+    "log_volume",
+    "log_aspect",
+    "z",
     "log_candidates",
     "candidate_iou",
     "max_iou_other",
@@ -57,6 +77,29 @@ def box_signals(boxes: pl.DataFrame) -> pl.DataFrame:
         (border / pl.min_horizontal(W, H)).alias("border"),
         pl.col("n_candidates").cast(pl.Float64).log1p().alias("log_candidates"),
     )
+
+
+def box_signals_3d(boxes: pl.DataFrame) -> pl.DataFrame:
+    """The score, geometry, point and overlap signals of 3D ``Store.read_boxes`` rows."""
+    s = pl.col("score").clip(_CLIP, 1 - _CLIP)
+    dx, dy, dz = (pl.col(c).cast(pl.Float64).clip(1e-3, None) for c in ("dx", "dy", "dz"))
+    return boxes.with_columns(
+        (s / (1 - s)).log().alias("score_logit"),
+        (pl.col("x").cast(pl.Float64) ** 2 + pl.col("y").cast(pl.Float64) ** 2)
+        .sqrt()
+        .clip(0.1, None)
+        .log()
+        .alias("log_range"),
+        pl.col("n_points").cast(pl.Float64).fill_null(0).log1p().alias("log_points"),
+        (dx * dy * dz).log().alias("log_volume"),
+        (dx / dy).log().abs().alias("log_aspect"),
+        pl.col("n_candidates").cast(pl.Float64).log1p().alias("log_candidates"),
+    )
+
+
+def signals_of(task: str) -> tuple[tuple[str, ...], Callable[[pl.DataFrame], pl.DataFrame]]:
+    """The signal names and the function computing them, for ``detection`` or ``detection3d``."""
+    return (SIGNALS_3D, box_signals_3d) if task == "detection3d" else (SIGNALS, box_signals)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import polars as pl
 from ml_debugger import __version__
 from ml_debugger.core.config import load_config
 from ml_debugger.core.detection import errormodel as em
+from ml_debugger.core.detection.boxes import AXIS_ALIGNED, Geometry
 from ml_debugger.core.detection.matching import CODES, codes, error_codes, match
 from ml_debugger.core.detection.metrics import mean_ap
 from ml_debugger.core.errormodel import ErrorModel, cross_fit
@@ -37,6 +38,55 @@ from ml_debugger.errors import UsageError
 TASK = "detection"
 METHOD = "detection_v1"
 TARGETS = ("error_proba", "det_error_proba", "cls_error_proba")
+BOX7 = ("x", "y", "z", "dx", "dy", "dz", "yaw")
+
+
+@dataclass(frozen=True)
+class BoxTask:
+    """What differs between 2D and 3D detection results: the result tag and method, the box
+    columns, the signals, and the geometry of matching (``xyxy``; ``bev`` or ``3d`` IoU)."""
+
+    task: str
+    tag: str
+    method: str
+    columns: tuple[str, ...]
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        return em.signals_of(self.task)[0]
+
+    def box_signals(self, boxes: pl.DataFrame) -> pl.DataFrame:
+        return em.signals_of(self.task)[1](boxes)
+
+    def matching(self, ev: dict[str, Any]) -> tuple[str, float]:
+        """(IoU mode, threshold) from the evaluate config."""
+        if self.task == TASK:
+            return "xyxy", float(ev["iou_threshold"])
+        mode = str(ev["iou_mode_3d"])
+        if mode not in ("bev", "3d"):
+            raise UsageError(f"evaluate.iou_mode_3d {mode!r} must be bev or 3d")
+        return mode, float(ev["iou_threshold_3d"])
+
+
+BOX_TASKS = {
+    TASK: BoxTask(TASK, "od", METHOD, ("x1", "y1", "x2", "y2")),
+    "detection3d": BoxTask("detection3d", "od3d", "detection3d_v1", BOX7),
+}
+
+
+def geometry(mode: str) -> Geometry:
+    """The IoU of a result's matching: ``xyxy`` (pixels), ``bev`` or ``3d`` (rotated boxes)."""
+    if mode == "xyxy":
+        return AXIS_ALIGNED
+    from ml_debugger.core.detection.rotated import ROTATED_3D, ROTATED_BEV
+
+    return {"bev": ROTATED_BEV, "3d": ROTATED_3D}[mode]
+
+
+def box_array(frame: pl.DataFrame, geom: Geometry) -> np.ndarray:
+    """``[n, 4]`` xyxy or ``[n, 7]`` rotated boxes of a boxes / gt_boxes frame, as ``geom`` reads them."""
+    cols = ("x1", "y1", "x2", "y2") if geom.dim == 4 else BOX7
+    return frame.select(cols).to_numpy().astype(np.float64).reshape(-1, geom.dim)
 
 
 @dataclass(frozen=True)
@@ -50,10 +100,6 @@ def _ids(*frames: pl.DataFrame) -> dict[str, int]:
     return {s: i for i, s in enumerate(names)}
 
 
-def _xyxy(frame: pl.DataFrame) -> np.ndarray:
-    return frame.select("x1", "y1", "x2", "y2").to_numpy().astype(np.float64)
-
-
 @dataclass(frozen=True)
 class _Labels:
     code: np.ndarray
@@ -65,16 +111,19 @@ class _Labels:
     gt_missed: np.ndarray  # per ground truth: ordinary and taken by no true positive (NP)
 
 
-def label_boxes(boxes: pl.DataFrame, gt: pl.DataFrame, classes: list[str], iou: float) -> _Labels:
-    """Match the boxes of a labelled run to its ground truth and code every box."""
+def label_boxes(boxes: pl.DataFrame, gt: pl.DataFrame, classes: list[str], iou: float,
+                mode: str = "xyxy") -> _Labels:  # fmt: skip
+    """Match the boxes of a labelled run to its ground truth and code every box (IoU ``mode``:
+    xyxy pixels, or bev / 3d for rotated boxes)."""
+    geom = geometry(mode)
     ids = _ids(boxes, gt)
     pi = np.array([ids[s] for s in boxes["sample_id"]], dtype=np.int64)
     gi = np.array([ids[s] for s in gt["sample_id"]], dtype=np.int64)
-    pb, gb = _xyxy(boxes), _xyxy(gt)
+    pb, gb = box_array(boxes, geom), box_array(gt, geom)
     pc, gc = boxes["label"].to_numpy(), gt["cls"].to_numpy()
     crowd = gt["crowd"].to_numpy()
-    m = match(pi, pb, pc, boxes["score"].to_numpy(), gi, gb, gc, crowd, iou_threshold=iou)
-    c = codes(pi, pb, pc, gi, gb, gc, m, crowd, iou_threshold=iou)
+    m = match(pi, pb, pc, boxes["score"].to_numpy(), gi, gb, gc, crowd, iou_threshold=iou, geometry=geom)
+    c = codes(pi, pb, pc, gi, gb, gc, m, crowd, iou_threshold=iou, geometry=geom)
     gt_cls = np.where(c.gt >= 0, gc[np.clip(c.gt, 0, None)] if len(gc) else -1, -1)
     pred_codes, _ = error_codes(c, pc, gc, classes)
     return _Labels(c.code, gt_cls, m.tp, m.ignored, pred_codes, int(c.missed.sum()), c.missed)
@@ -89,12 +138,12 @@ def _image_folds(sample_ids: pl.Series, k: int, seed: int) -> np.ndarray:
 
 
 def _fit(x: np.ndarray, y: np.ndarray, fold: np.ndarray, l2: float, min_errors: int, what: str,
-         notes: list[str], score: np.ndarray) -> tuple[ErrorModel, np.ndarray]:  # fmt: skip
+         notes: list[str], score: np.ndarray, signals: tuple[str, ...]) -> tuple[ErrorModel, np.ndarray]:  # fmt: skip
     n_err, n_ok = int(y.sum()), int(len(y) - y.sum())
     if min(n_err, n_ok) < max(2, min_errors):
         notes.append(f"{what}: {n_err} positive and {n_ok} negative box(es), too few to fit; 1 − score instead")
         return ErrorModel("one_minus_confidence", ["confidence"]), np.clip(1.0 - score, 0.0, 1.0)
-    return cross_fit(x, y, list(em.SIGNALS), fold, l2=l2)
+    return cross_fit(x, y, list(signals), fold, l2=l2)
 
 
 def evaluate_detection(
@@ -108,7 +157,6 @@ def evaluate_detection(
     """Fit a detection result on the labelled run ``run_name`` and store it with its box scores."""
     cfg = load_config(config)
     ev, zcfg = cfg["evaluate"], cfg["zones"]
-    iou = float(ev.get("iou_threshold", 0.5))
     with Store(db) as store:
         if name is not None and (not name.strip() or store.get_result(name) is not None):
             raise UsageError(f"a result named {name!r} exists (or the name is empty); choose another --result-name")
@@ -120,13 +168,15 @@ def evaluate_detection(
             )
         if run.status != "complete":
             raise UsageError(f"run {run.name!r} is {run.status}; finish it by re-running its extract command")
+        kind = BOX_TASKS[run.task]
+        mode, iou = kind.matching(ev)
         boxes, gt = store.read_boxes(run.name), store.read_gt_boxes(run.name)
         feats = store.box_features(run.name, int(run.feature_dim or 0))
-        lab = label_boxes(boxes, gt, run.classes, iou)
+        lab = label_boxes(boxes, gt, run.classes, iou, mode)
         keep = ~lab.ignored
         if int(keep.sum()) < 3:
             raise UsageError(f"run {run.name!r} has {int(keep.sum())} scorable box(es); evaluate needs at least 3")
-        frame = em.box_signals(boxes.filter(pl.Series(keep)))
+        frame = kind.box_signals(boxes.filter(pl.Series(keep)))
         y_err = ~lab.tp[keep]
         y_det = lab.code[keep] != "A"
         gt_cls = lab.gt_cls[keep]
@@ -137,20 +187,21 @@ def evaluate_detection(
             feats[keep], np.array([img_ids[s] for s in images]), y_err, gt_cls, pred, k=int(ev["k"])
         )
         frame = frame.with_columns(pl.Series(k, v) for k, v in knn.items())
-        x = _design(frame)
+        x = _design(frame, kind.signals)
         fold = _image_folds(images, max(2, min(int(ev["folds"]), len(img_ids))), int(ev["seed"]))
         notes: list[str] = []
         score = frame["score"].to_numpy().astype(np.float64)
         l2, min_err = float(ev["l2"]), int(ev["min_errors"])
         models, oof = {}, {}
-        models["error_proba"], oof["error_proba"] = _fit(x, y_err, fold, l2, min_err, "error_proba", notes, score)
+        models["error_proba"], oof["error_proba"] = _fit(x, y_err, fold, l2, min_err, "error_proba", notes, score,
+                                                          kind.signals)  # fmt: skip
         models["det_error_proba"], oof["det_error_proba"] = _fit(
-            x, y_det, fold, l2, min_err, "det_error_proba", notes, score
+            x, y_det, fold, l2, min_err, "det_error_proba", notes, score, kind.signals
         )
         has_gt = gt_cls >= 0
         y_cls = gt_cls != pred
         cls_model, cls_oof = _fit(x[has_gt], y_cls[has_gt], fold[has_gt], l2, min_err, "cls_error_proba", notes,
-                                  score[has_gt])  # fmt: skip
+                                  score[has_gt], kind.signals)  # fmt: skip
         models["cls_error_proba"] = cls_model
         oof["cls_error_proba"] = _predict(cls_model, x, score)
         oof["cls_error_proba"][has_gt] = cls_oof
@@ -175,17 +226,19 @@ def evaluate_detection(
         scored = assign(scored, rules)
         codes_kept = [c for c, k in zip(lab.error_code, keep, strict=True) if k]
         scored = scored.with_columns(pl.Series("error_code", codes_kept))
-        metrics = _metrics(scored, boxes, gt, lab, y_det, y_cls, has_gt, float(ev["confident"]), zcfg)
+        metrics = _metrics(scored, boxes, gt, lab, y_det, y_cls, has_gt, float(ev["confident"]), zcfg, mode)
+        metrics["iou"] = {"mode": mode, "threshold": iou}
         metrics["coverage"] = calibration.to_dict()
         metrics["notes"] = notes
         when = now or datetime.now()
-        name = name or store.unique_result_name(f"{run.model_name}_{run.model_version}_od_v1_{when:%Y%m%d}")
+        name = name or store.unique_result_name(f"{run.model_name}_{run.model_version}_{kind.tag}_v1_{when:%Y%m%d}")
         info = ResultInfo(
-            name=name, task=TASK, model_name=run.model_name, model_version=run.model_version, method=METHOD,
+            name=name, task=run.task, model_name=run.model_name, model_version=run.model_version, method=kind.method,
             eval_run=run.name, reference_run=run.name, classes=run.classes, feature_dim=run.feature_dim,
             stability=False, config={"evaluate": ev, "zones": zcfg},
             thresholds=rules.to_dict(run.classes),
-            model={"format": 1, "targets": {k: m.to_dict() for k, m in models.items()}, "k": bank.k, "iou": iou},
+            model={"format": 1, "targets": {k: m.to_dict() for k, m in models.items()}, "k": bank.k, "iou": iou,
+                   "iou_mode": mode, "signals": list(kind.signals)},
             metrics=metrics, created=when, mldbg_version=__version__,
         )  # fmt: skip
         arrays = {
@@ -198,9 +251,9 @@ def evaluate_detection(
     return DetectionEvaluation(info, notes)
 
 
-def _design(frame: pl.DataFrame) -> np.ndarray:
+def _design(frame: pl.DataFrame, signals: tuple[str, ...]) -> np.ndarray:
     return (
-        frame.select(pl.col(s).cast(pl.Float64).fill_null(0.0).fill_nan(0.0) for s in em.SIGNALS)
+        frame.select(pl.col(s).cast(pl.Float64).fill_null(0.0).fill_nan(0.0) for s in signals)
         .to_numpy()
         .astype(np.float64)
     )
@@ -230,7 +283,7 @@ def _score_rows(scored: pl.DataFrame) -> pl.DataFrame:
 
 def _metrics(scored: pl.DataFrame, boxes: pl.DataFrame, gt: pl.DataFrame, lab: _Labels, y_det: np.ndarray,
              y_cls: np.ndarray, has_gt: np.ndarray, confident: float,
-             zcfg: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+             zcfg: dict[str, Any], mode: str = "xyxy") -> dict[str, Any]:  # fmt: skip
     y = scored["is_error"].to_numpy().astype(bool)
     score = scored["score"].to_numpy().astype(np.float64)
     conf = score >= confident
@@ -241,10 +294,11 @@ def _metrics(scored: pl.DataFrame, boxes: pl.DataFrame, gt: pl.DataFrame, lab: _
     }
     versus = auroc_difference(y, scored["error_proba"].to_numpy(), 1.0 - score)
     ids = _ids(boxes, gt)
+    geom = geometry(mode)
     ap = mean_ap(
-        np.array([ids[s] for s in boxes["sample_id"]]), _xyxy(boxes), boxes["label"].to_numpy(),
-        boxes["score"].to_numpy(), np.array([ids[s] for s in gt["sample_id"]]), _xyxy(gt), gt["cls"].to_numpy(),
-        gt_crowd=gt["crowd"].to_numpy(),
+        np.array([ids[s] for s in boxes["sample_id"]]), box_array(boxes, geom), boxes["label"].to_numpy(),
+        boxes["score"].to_numpy(), np.array([ids[s] for s in gt["sample_id"]]), box_array(gt, geom),
+        gt["cls"].to_numpy(), gt_crowd=gt["crowd"].to_numpy(), geometry=geom,
     )  # fmt: skip
     counts = {c: int((lab.code == c).sum()) for c in CODES}
     return {
@@ -294,7 +348,8 @@ def load_box_bank(store: Store, info: ResultInfo) -> em.BoxBank:
 def score_box_frame(boxes: pl.DataFrame, feats: np.ndarray, info: ResultInfo, bank: em.BoxBank) -> pl.DataFrame:
     """Signals, the three probabilities and the zone of ``boxes`` (``Store.read_boxes`` columns)
     with their features ``[len(boxes), d]``: what scoring a run and the real-time filter share."""
-    frame = em.box_signals(boxes)
+    kind = BOX_TASKS[info.task]
+    frame = kind.box_signals(boxes)
     if frame.height:
         knn = em.box_knn(feats, frame["label"].to_numpy(), bank)
         frame = frame.with_columns(pl.Series(k, v) for k, v in knn.items())
@@ -302,7 +357,7 @@ def score_box_frame(boxes: pl.DataFrame, feats: np.ndarray, info: ResultInfo, ba
         frame = frame.with_columns(
             pl.lit(0.0).alias(c) for c in ("knn_error", "knn_cls_disagree", "knn_distance", "ood_score")
         )
-    x = _design(frame)
+    x = _design(frame, kind.signals)
     score = frame["score"].to_numpy().astype(np.float64)
     targets = info.model["targets"]
     frame = frame.with_columns(
@@ -324,7 +379,8 @@ def score_boxes(store: Store, info: ResultInfo, run: RunInfo) -> pl.DataFrame:
     frame = score_box_frame(boxes, feats, info, load_box_bank(store, info) if boxes.height else None)  # type: ignore[arg-type]
     codes_col: list[str | None] = [None] * frame.height
     if run.labelled and frame.height:
-        lab = label_boxes(boxes, store.read_gt_boxes(run.name), run.classes, float(info.model["iou"]))
+        lab = label_boxes(boxes, store.read_gt_boxes(run.name), run.classes, float(info.model["iou"]),
+                          info.model.get("iou_mode", "xyxy"))  # fmt: skip
         codes_col = list(lab.error_code)
     return _score_rows(frame.with_columns(pl.Series("error_code", codes_col, dtype=pl.String)))
 

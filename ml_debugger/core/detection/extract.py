@@ -46,7 +46,9 @@ TASK = "detection"
 
 
 @dataclass(frozen=True)
-class DetectionRequest:
+class BoxRequest:
+    """What a 2D and a 3D detection extraction both need (the post-processing defaults differ)."""
+
     dataset: str
     name: str
     model: str
@@ -54,11 +56,7 @@ class DetectionRequest:
     model_name: str | None = None
     model_version: str = "v1"
     dataset_format: str | None = None
-    annotations: str | None = None
     classes_file: str | None = None
-    image_size: int | None = None  # None: each image at its own size
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    std: tuple[float, ...] = (0.5, 0.5, 0.5)
     score_thresh: float = 0.05
     iou_thresh: float = 0.5
     max_detections: int = 100
@@ -76,6 +74,14 @@ class DetectionRequest:
             raise UsageError(f"--iou-thresh {self.iou_thresh} must be in (0, 1]")
         if self.max_detections < 1 or self.batch_size < 1:
             raise UsageError("--max-detections and --batch-size must be at least 1")
+
+
+@dataclass(frozen=True)
+class DetectionRequest(BoxRequest):
+    annotations: str | None = None
+    image_size: int | None = None  # None: each image at its own size
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
 
 
 @dataclass(frozen=True)
@@ -149,32 +155,29 @@ def _collate(items: list[tuple[int, Any, tuple[int, int], str | None]]) -> tuple
     return [i for i, _, _ in ok], batch, [wh for _, _, wh in ok], failed
 
 
-def _frames(ids: list[str], paths: list[str], sizes: list[tuple[int, int]], dets: list[Detections],
-            scale: list[tuple[float, float]]) -> dict[str, Any]:  # fmt: skip
-    """Rows of one batch: samples, images, boxes (in each image's own pixels) and features."""
-    rows: dict[str, list[Any]] = {k: [] for k in ("sample_id", "box")}
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("xyxy", "label", "score", "probs", "n", "ciou", "other")}
-    for sid, (w, h), (sx, sy), d in zip(ids, sizes, scale, dets, strict=True):
-        k = len(d.index)
-        rows["sample_id"] += [sid] * k
-        rows["box"] += list(range(k))
-        xyxy = d.boxes.numpy() * np.array([sx, sy, sx, sy], dtype=np.float32)
-        parts["xyxy"].append(np.clip(xyxy, 0, [w, h, w, h]))
+def box_columns(dets: list[Detections]) -> dict[str, Any]:
+    """The columns every kept box has, 2D or 3D (label, score, probs, entropy, margin, overlap
+    signals), the boxes ``[K, box_dim]`` and features of one batch, in order."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("label", "score", "probs", "n", "ciou", "other", "boxes")}
+    for d in dets:
         for key, t in (("label", d.labels), ("score", d.scores), ("probs", d.probs), ("n", d.n_candidates),
-                       ("ciou", d.candidate_iou), ("other", d.max_iou_other)):  # fmt: skip
+                       ("ciou", d.candidate_iou), ("other", d.max_iou_other), ("boxes", d.boxes)):  # fmt: skip
             parts[key].append(t.numpy())
-    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
     n_cls = dets[0].probs.shape[1] if dets else 0
+    box_dim = dets[0].boxes.shape[1] if dets else 4
+    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
     probs = cat["probs"].reshape(-1, n_cls).astype(np.float32)
     dist = probs / np.maximum(probs.sum(1, keepdims=True), 1e-12)
     entropy = -(dist * np.log(np.clip(dist, 1e-12, None))).sum(1)
     top2 = np.sort(probs, 1)[:, -2:] if n_cls > 1 else np.concatenate([np.zeros_like(probs), probs], 1)
-    xyxy = cat["xyxy"].reshape(-1, 4).astype(np.float32)
-    boxes = pl.DataFrame(
-        {
-            "sample_id": rows["sample_id"],
-            "box": pl.Series(rows["box"], dtype=pl.Int32),
-            **{c: xyxy[:, j] for j, c in enumerate(("x1", "y1", "x2", "y2"))},
+    feats = [d.features.numpy() for d in dets]
+    return {
+        "sample_index": np.concatenate([np.full(len(d.index), i) for i, d in enumerate(dets)]).astype(np.int64)
+        if dets
+        else np.zeros(0, dtype=np.int64),
+        "box": np.concatenate([np.arange(len(d.index)) for d in dets]).astype(np.int32) if dets else np.zeros(0),
+        "boxes": cat["boxes"].reshape(-1, box_dim).astype(np.float32),
+        "columns": {
             "label": cat["label"].astype(np.int32),
             "score": cat["score"].astype(np.float32),
             "probs": pl.Series(probs, dtype=pl.Array(pl.Float32, max(n_cls, 1))).cast(pl.List(pl.Float32)),
@@ -183,9 +186,27 @@ def _frames(ids: list[str], paths: list[str], sizes: list[tuple[int, int]], dets
             "n_candidates": cat["n"].astype(np.int32),
             "candidate_iou": cat["ciou"].astype(np.float32),
             "max_iou_other": cat["other"].astype(np.float32),
+        },
+        "features": np.concatenate(feats).astype(np.float32) if feats else None,
+    }
+
+
+def _frames(ids: list[str], paths: list[str], sizes: list[tuple[int, int]], dets: list[Detections],
+            scale: list[tuple[float, float]]) -> dict[str, Any]:  # fmt: skip
+    """Rows of one batch: samples, images, boxes (in each image's own pixels) and features."""
+    cols = box_columns(dets)
+    at = cols["sample_index"]
+    wh = np.array(sizes, dtype=np.float32).reshape(-1, 2)[at]
+    sxy = np.array(scale, dtype=np.float32).reshape(-1, 2)[at]
+    xyxy = np.clip(cols["boxes"] * np.tile(sxy, 2), 0, np.tile(wh, 2))
+    boxes = pl.DataFrame(
+        {
+            "sample_id": pl.Series([ids[i] for i in at], dtype=pl.String),
+            "box": pl.Series(cols["box"], dtype=pl.Int32),
+            **{c: xyxy[:, j] for j, c in enumerate(("x1", "y1", "x2", "y2"))},
+            **cols["columns"],
         }
     )
-    feats = [d.features.numpy() for d in dets]
     no_label = pl.Series([None] * len(ids), dtype=pl.Int32)
     return {
         "samples": pl.DataFrame({"sample_id": ids, "path": paths, "label": no_label}),
@@ -195,7 +216,7 @@ def _frames(ids: list[str], paths: list[str], sizes: list[tuple[int, int]], dets
             schema={"sample_id": pl.String, "width": pl.Int32, "height": pl.Int32, "n_boxes": pl.Int32},
         ),
         "boxes": boxes,
-        "features": np.concatenate(feats).astype(np.float32) if feats else None,
+        "features": cols["features"],
     }  # fmt: skip
 
 
@@ -222,31 +243,38 @@ def _run_info(req: DetectionRequest, ds: DetectionDataset, fmt: str, sha: str, d
         "iou_thresh": req.iou_thresh,
         "max_detections": req.max_detections,
         "annotations": str(Path(req.annotations).resolve()) if req.annotations else None,
-        "weights": str(Path(req.weights).resolve()) if req.weights else None,
     }
-    root = str(Path(req.dataset).resolve())
+    return run_info(req, TASK, ds.root, ds.format, ds.labelled, len(ds), fmt, sha, dim, classes, settings)
+
+
+def run_info(req: Any, task: str, root: Path, dataset_format: str, labelled: bool, n: int, fmt: str, sha: str,
+             dim: int, classes: list[str], settings: dict[str, Any]) -> RunInfo:  # fmt: skip
+    """The ``runs`` row of a detection extraction (2D or 3D), fingerprinted for resuming."""
+    settings = {**settings, "weights": str(Path(req.weights).resolve()) if req.weights else None}
+    root_s = str(Path(root).resolve())
     return RunInfo(
         name=req.name,
-        task=TASK,
+        task=task,
         model_name=req.model_name or _default_model_name(req.model),
         model_version=req.model_version,
         model_path=req.model if fmt == "factory" else str(Path(req.model).resolve()),
         model_format=fmt,
         model_sha256=sha,
-        dataset_path=root,
-        dataset_format=ds.format,
-        labelled=ds.labelled,
+        dataset_path=root_s,
+        dataset_format=dataset_format,
+        labelled=labelled,
         classes=classes,
         feature_layer="adapter features",
         feature_dim=dim,
         stability_k=0,
         settings=settings,
         fingerprint=_fingerprint(
-            {"task": TASK, "model": sha, "dataset": root, "format": ds.format, "classes": classes, "settings": settings}
+            {"task": task, "model": sha, "dataset": root_s, "format": dataset_format, "classes": classes,
+             "settings": settings}
         ),
-        n_expected=len(ds),
+        n_expected=n,
         mldbg_version=__version__,
-    )
+    )  # fmt: skip
 
 
 def _probe(model: Any, ds: DetectionDataset, req: DetectionRequest, device: torch.device) -> tuple[int, int]:
@@ -277,26 +305,42 @@ def extract_detections(
     device = resolve_device(req.device)
     model, fmt, sha = load_detector(req.model, weights=req.weights, device=device)
     n_cls, dim = _probe(model, ds, req, device)
-    run_classes = ds.classes or [str(i) for i in range(n_cls)]
-    if len(run_classes) != n_cls:
+    info = _run_info(req, ds, fmt, sha, dim, run_classes(ds.classes, n_cls))
+
+    def batches(todo: list[int], writer: _Writer, total: int) -> int:
+        return _run_batches(req, model, device, ds, todo, writer, progress, total, n_cls)
+
+    return drive(req, db_path, info, ds.sample_ids, ds.boxes if ds.labelled else None, batches, progress, ds.notes, t0)
+
+
+def run_classes(names: list[str], n_cls: int) -> list[str]:
+    """The run's class names: the dataset's, or indices when it has none; they must match the model."""
+    out = names or [str(i) for i in range(n_cls)]
+    if len(out) != n_cls:
         raise ModelError(
-            f"the detector scores {n_cls} classes but the dataset gives {len(run_classes)} ({run_classes[:5]}); "
+            f"the detector scores {n_cls} classes but the dataset gives {len(out)} ({out[:5]}); "
             f"pass --classes FILE listing all {n_cls} class names in the model's order"
         )
-    info = _run_info(req, ds, fmt, sha, dim, run_classes)
+    return out
+
+
+def drive(req: Any, db_path: Path, info: RunInfo, sample_ids: list[str], gt: pl.DataFrame | None,
+          batches: Any, progress: ProgressFn | None, notes: list[str], t0: float) -> DetectionSummary:  # fmt: skip
+    """Open (or resume) the run, write its ground truth, run ``batches(todo, writer, total)`` over
+    the samples not stored yet, finish the run; what 2D and 3D extraction share."""
     with Store(db_path) as store:
-        run, resumed = _open_run(store, req, info)  # type: ignore[arg-type]
-        if not resumed and ds.labelled:
-            store.write_gt_boxes(req.name, ds.boxes)
+        run, resumed = _open_run(store, req, info)
+        if not resumed and gt is not None:
+            store.write_gt_boxes(req.name, gt)
         done = store.done_sample_ids(req.name)
-    todo = [i for i, sid in enumerate(ds.sample_ids) if sid not in done]
-    total, n_new = len(ds), 0
+    todo = [i for i, sid in enumerate(sample_ids) if sid not in done]
+    total, n_new = len(sample_ids), 0
     if progress:
         progress(total - len(todo), total)
     writer = _Writer(db_path, req.name, req.flush_seconds)
     try:
         if todo:
-            n_new = _run_batches(req, model, device, ds, todo, writer, progress, total, n_cls)
+            n_new = batches(todo, writer, total)
         writer.close()
         with Store(db_path) as store:
             store.update_run(req.name, status="complete", finished=datetime.now(), n_expected=total)
@@ -304,14 +348,14 @@ def extract_detections(
     except KeyboardInterrupt:
         writer.close()
         raise Interrupted(
-            f"interrupted: {len(done) + writer.committed:,} of {total:,} images of run {req.name!r} are saved in "
-            f"{db_path}; run the same command again to resume"
+            f"interrupted: {len(done) + writer.committed:,} of {total:,} {'frames' if info.task != TASK else 'images'}"
+            f" of run {req.name!r} are saved in {db_path}; run the same command again to resume"
         ) from None
     return DetectionSummary(
         run=req.name, db=str(db_path), status="complete" if todo else "up-to-date", n_total=total,
         n_samples=counts["samples"], n_skipped=counts["skipped"], n_new=n_new, n_boxes=counts["boxes"],
         n_gt_boxes=counts["gt_boxes"], resumed=resumed, seconds=round(time.perf_counter() - t0, 3),
-        labelled=run.labelled, notes=ds.notes,
+        labelled=run.labelled, notes=notes,
     )  # fmt: skip
 
 
@@ -339,16 +383,22 @@ def _run_batches(req: DetectionRequest, model: Any, device: torch.device, ds: De
             frames = _frames([ds.sample_ids[i] for i in rows], [ds.paths[i] for i in rows], sizes, dets, scale)
             n_new += len(rows)
         if failed:
-            skipped = [(ds.sample_ids[todo[i]], ds.paths[todo[i]], reason) for i, reason in failed]
-            for _, path, reason in skipped:
-                log.warning("skipped %s: %s", path, reason)
-            sid, path, reason = zip(*skipped, strict=True)
-            frames["skipped"] = pl.DataFrame({"sample_id": list(sid), "path": list(path), "reason": list(reason)})
+            frames["skipped"] = skipped_rows(ds.sample_ids, ds.paths, todo, failed)
         writer.add(frames)  # type: ignore[arg-type]
         done += len(rows) + len(failed)
         if progress:
             progress(done, total)
     return n_new
+
+
+def skipped_rows(
+    sample_ids: list[str], paths: list[str], todo: list[int], failed: list[tuple[int, str]]
+) -> pl.DataFrame:
+    """``skipped`` rows for the inputs of a batch that could not be read (logged as warnings)."""
+    rows = [(sample_ids[todo[i]], paths[todo[i]], reason) for i, reason in failed]
+    for _, path, reason in rows:
+        log.warning("skipped %s: %s", path, reason)
+    return pl.DataFrame(rows, schema=["sample_id", "path", "reason"], orient="row")
 
 
 def _cpu(d: Detections) -> Detections:

@@ -6,7 +6,9 @@ axes (length along x at yaw 0), rotation about +z counter-clockwise from +x (rad
 **kitti** — a folder with ``velodyne/NNNNNN.bin`` (float32 x, y, z, intensity per point) and,
 when labelled, ``label_2/NNNNNN.txt`` in KITTI's camera frame with ``calib/NNNNNN.txt``. Each
 label line is ``type truncated occluded alpha x1 y1 x2 y2 h w l x y z rotation_y`` (a 16th
-score field is allowed); ``DontCare`` lines are skipped. The camera-to-LiDAR conversion is
+score field is allowed); ``DontCare`` lines are skipped. The class order (the model's output order) comes from
+``--classes FILE`` or a ``classes.txt`` in the folder; without either it is the label names
+sorted, with a note. The camera-to-LiDAR conversion is
 KITTI's (and OpenPCDet's): the location (bottom centre, camera frame) goes through the inverse
 of ``R0_rect · Tr_velo_to_cam``, the centre is raised by h/2, (dx, dy, dz) = (l, w, h) and
 yaw = −(rotation_y + π/2). Labels already in the LiDAR frame go in ``label_lidar/NNNNNN.txt``
@@ -72,11 +74,17 @@ def load_points(path: str, pc_range: tuple[float, ...] | None = None) -> tuple[n
         pts = np.load(path, allow_pickle=False).astype(np.float32, copy=False)
         if pts.ndim != 2 or pts.shape[1] < 3:
             raise DatasetError(f"{path}: an array of shape {pts.shape}, not [N, 3+] points (x, y, z, ...)")
-    keep = np.isfinite(pts[:, :3]).all(1)
+    keep = keep_points(pts[:, :3], pc_range)
+    return pts[keep], int((~keep).sum())
+
+
+def keep_points(xyz: np.ndarray, pc_range: tuple[float, ...] | None) -> np.ndarray:
+    """Which points ``[N, 3]`` are finite and inside ``pc_range`` (min inclusive, max exclusive)."""
+    keep = np.isfinite(xyz).all(1)
     if pc_range is not None:
         lo, hi = np.asarray(pc_range[:3]), np.asarray(pc_range[3:])
-        keep &= ((pts[:, :3] >= lo) & (pts[:, :3] < hi)).all(1)
-    return pts[keep], int((~keep).sum())
+        keep &= ((xyz >= lo) & (xyz < hi)).all(1)
+    return keep
 
 
 def _calib(path: Path) -> np.ndarray:
@@ -167,18 +175,28 @@ def kitti(root: Path, classes: list[str] | None) -> FrameDataset:
     ids = sorted(f for f in os.listdir(velo) if f.endswith(".bin"))
     labels = {sid: _kitti_labels(root, sid[:-4]) for sid in ids}
     labelled = (root / "label_2").is_dir() or (root / "label_lidar").is_dir()
+    classes = _classes(root, classes)
+    notes = []
     if labelled:
         boxes, names = _frame_boxes(labels, classes, str(root))
+        if classes is None:
+            notes.append(f"class order {names} is the label names sorted; put classes.txt in {root} or pass "
+                         "--classes FILE if the model's output order differs")  # fmt: skip
     else:
         boxes, names = pl.DataFrame(schema=BOX3D_SCHEMA), classes or []
-    return FrameDataset(root, "kitti", ids, [str(velo / s) for s in ids], names, labelled, boxes)
+    return FrameDataset(root, "kitti", ids, [str(velo / s) for s in ids], names, labelled, boxes, notes)
+
+
+def _classes(root: Path, classes: list[str] | None) -> list[str] | None:
+    """``classes`` if given, else the dataset's own ``classes.txt`` (the model's output order), else None."""
+    if classes is None and (root / "classes.txt").is_file():
+        return read_classes_file(root / "classes.txt")
+    return classes
 
 
 def npy(root: Path, classes: list[str] | None) -> FrameDataset:
     ids = sorted(f for f in os.listdir(root) if f.endswith(".npy"))
-    names = classes
-    if names is None and (root / "classes.txt").is_file():
-        names = read_classes_file(root / "classes.txt")
+    names = _classes(root, classes)
     doc_path = root / "boxes.json"
     labels: dict[str, list[tuple[str, list[float]]]] = {}
     if doc_path.is_file():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ml_debugger.core.detection.boxes import AXIS_ALIGNED, Geometry
 from ml_debugger.core.detection.matching import match
 
 IOUS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2).tolist())
@@ -22,10 +23,12 @@ def average_precision(
     gt_crowd: np.ndarray | None = None,
     *,
     iou_threshold: float = 0.5,
+    geometry: Geometry = AXIS_ALIGNED,
 ) -> dict[int, float]:
     """AP of every class that has ordinary ground truth, at one IoU threshold."""
     crowd = np.zeros(len(gt_cls), dtype=bool) if gt_crowd is None else np.asarray(gt_crowd, dtype=bool)
-    m = match(pred_img, pred_box, pred_cls, pred_score, gt_img, gt_box, gt_cls, crowd, iou_threshold=iou_threshold)
+    m = match(pred_img, pred_box, pred_cls, pred_score, gt_img, gt_box, gt_cls, crowd, iou_threshold=iou_threshold,
+              geometry=geometry)  # fmt: skip
     out = {}
     pred_cls, gt_cls = np.asarray(pred_cls), np.asarray(gt_cls)
     score = np.asarray(pred_score, dtype=np.float64)
@@ -53,10 +56,13 @@ def mean_ap(
     gt_box: np.ndarray,
     gt_cls: np.ndarray,
     gt_crowd: np.ndarray | None = None,
+    *,
+    geometry: Geometry = AXIS_ALIGNED,
 ) -> dict[str, float | None]:
-    """``{"map50": …, "map": …}``: mean AP over classes at IoU 0.5, and averaged over 0.5:0.95."""
+    """``{"map50": …, "map": …}``: mean AP over classes at IoU 0.5, and averaged over 0.5:0.95
+    (IoU of ``geometry``: pixels, or rotated BEV / 3D boxes)."""
     args = (pred_img, pred_box, pred_cls, pred_score, gt_img, gt_box, gt_cls, gt_crowd)
-    per_iou = [average_precision(*args, iou_threshold=t) for t in IOUS]
+    per_iou = [average_precision(*args, iou_threshold=t, geometry=geometry) for t in IOUS]
     if not per_iou[0]:
         return {"map50": None, "map": None}
     return {

@@ -162,3 +162,31 @@ def _pairwise(mode: str):  # type: ignore[no-untyped-def]
 
 ROTATED_BEV = Geometry("bev", 7, *_pairwise("bev"))
 ROTATED_3D = Geometry("3d", 7, *_pairwise("3d"))
+
+
+def points_in_boxes(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """How many of ``points [N, 3+]`` lie inside each box of ``boxes [K, 7]`` (faces count): ``[K]``.
+
+    Points go into each box's own frame (translate, rotate by −yaw); chunks of boxes bound memory."""
+    out = torch.zeros(len(boxes), dtype=torch.long)
+    if len(points) == 0 or len(boxes) == 0:
+        return out
+    p = points[:, :3].to(torch.float64)
+    b = boxes.to(torch.float64)
+    step = max(1, (1 << 22) // max(1, len(p)))
+    for start in range(0, len(b), step):
+        bb = b[start : start + step]
+        rel = p[None, :, :] - bb[:, None, :3]
+        c, s = torch.cos(bb[:, 6])[:, None], torch.sin(bb[:, 6])[:, None]
+        lx = rel[..., 0] * c + rel[..., 1] * s
+        ly = -rel[..., 0] * s + rel[..., 1] * c
+        inside = (lx.abs() <= bb[:, None, 3] / 2) & (ly.abs() <= bb[:, None, 4] / 2)
+        inside &= rel[..., 2].abs() <= bb[:, None, 5] / 2
+        out[start : start + step] = inside.sum(1)
+    return out
+
+
+def bev_extent(boxes: np.ndarray) -> np.ndarray:
+    """``[K, 7]`` boxes → ``[K, 4]`` x1, y1, x2, y2 of their footprints' axis-aligned extent."""
+    corners = bev_corners(torch.from_numpy(np.asarray(boxes, dtype=np.float64).reshape(-1, 7))).numpy()
+    return np.concatenate([corners.min(1), corners.max(1)], 1)

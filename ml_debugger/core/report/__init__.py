@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from ml_debugger.core.detection import DETECTION_TASKS
 from ml_debugger.errors import UsageError
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ def heatmap(
         raise UsageError(f"--class {class_name!r} is not a class of result {data.result.name}; {hint}")
     spec = agg.HEATMAPS[kind]
     grids = agg.grids(data.frame, spec, data.reference, data.classes)
-    if grids is None and data.task == "detection":
+    if grids is None and data.task in DETECTION_TASKS:
         raise UsageError("detection runs have no stability; use --axes error_proba-ood")
     if grids is None:
         raise UsageError(

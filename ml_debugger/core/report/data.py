@@ -12,6 +12,7 @@ from typing import Any
 
 import polars as pl
 
+from ml_debugger.core.detection import DETECTION_TASKS
 from ml_debugger.core.store import ResultInfo, RunInfo, Store
 from ml_debugger.errors import UsageError
 
@@ -117,13 +118,13 @@ def load(store: Store, result: str | None = None, run: str | None = None) -> Rep
     info, target = resolve(store, result, run)
 
     def read(name: str) -> pl.DataFrame:
-        return _box_frame(store, info, name) if info.task == "detection" else _frame(store, info.name, name)
+        return _box_frame(store, info, name) if info.task in DETECTION_TASKS else _frame(store, info.name, name)
 
     frame = read(target.name)
     reference = frame if target.name == info.eval_run else read(info.eval_run)
     scored: dict[str, Any] = store.scored_info(info.name, target.name) or {}
     data = ReportData(info, target, frame, reference, bool(scored.get("out_of_fold")), Path(str(store.path)))
-    if info.task == "detection":
+    if info.task in DETECTION_TASKS:
         gt = store.read_gt_boxes(target.name) if target.labelled else None
         if data.is_eval_run:
             return replace(data, metrics=info.metrics, gt=gt)

@@ -14,6 +14,7 @@ from typing import Any
 
 import polars as pl
 
+from ml_debugger.core.detection import DETECTION_TASKS
 from ml_debugger.core.report import aggregates as agg
 from ml_debugger.core.report import charts
 from ml_debugger.core.report.data import ReportData
@@ -88,7 +89,7 @@ def overview(data: ReportData, opts: Options) -> Section:
         ("labelled run of the result", r.eval_run),
         ("classes", f"{len(r.classes):,}"),
         ("stability", f"K={run.stability_k}" if run.stability_k else "not extracted (extract with --stability K)"),
-        *([("unit", "one row per kept box")] if data.task == "detection" else []),
+        *([("unit", "one row per kept box")] if data.task in DETECTION_TASKS else []),
     ]
     if m is not None and m.get("precision") is not None:
         facts.insert(5, ("precision", f"{m['precision']:.2%} of kept boxes right ({m['errors']:,} not)"))
@@ -132,7 +133,7 @@ def heatmaps(data: ReportData, opts: Options) -> Section:
         if grids is None:
             why = (
                 "detection runs have no stability"
-                if data.task == "detection"
+                if data.task in DETECTION_TASKS
                 else ("stability was not extracted for this run (extract with --stability K)")
             )
             parts.append(note(f"{kind.title}: {why}"))

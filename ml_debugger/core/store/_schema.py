@@ -23,6 +23,11 @@ gt_boxes  (run, sample_id, box, cls, x1, y1, x2, y2, crowd)  detection ground tr
 box_scores (result, run, sample_id, box, error_proba, det_error_proba, cls_error_proba, ood_score,
            zone, error_code, knn_error, knn_distance)  detection: per-box scores under a result
 
+3D detection (``task = 'detection3d'``) shares these tables: ``images`` rows are frames (width and
+height NULL, ``n_points`` the points left inside pc_range); ``boxes`` and ``gt_boxes`` also hold
+the box ``x, y, z, dx, dy, dz, yaw`` (metres, radians; NULL for 2D) with x1..y2 its bird's-eye-view
+axis-aligned extent, and ``boxes.n_points`` the frame's points inside each box.
+
 ``(run, sample_id)`` is unique by construction (an extraction commits whole batches and skips
 ids already stored), not by a PRIMARY KEY: DuckDB rewrites an ART index at every checkpoint,
 which would make each commit of a long extraction cost more than the last.
@@ -227,6 +232,18 @@ def _m5_detection(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def _m6_detection3d(con: duckdb.DuckDBPyConnection) -> None:
+    # 3D detection: rotated 3D boxes beside the 2D columns, point counts, frames without pixels.
+    box3d = ", ".join(f"ADD COLUMN IF NOT EXISTS {c} FLOAT" for c in ("x", "y", "z", "dx", "dy", "dz", "yaw"))
+    for table in ("boxes", "gt_boxes"):
+        for part in box3d.split(", "):
+            con.execute(f"ALTER TABLE {table} {part}")
+    con.execute("ALTER TABLE boxes ADD COLUMN IF NOT EXISTS n_points INTEGER")
+    con.execute("ALTER TABLE images ADD COLUMN IF NOT EXISTS n_points INTEGER")
+    con.execute("ALTER TABLE images ALTER COLUMN width DROP NOT NULL")
+    con.execute("ALTER TABLE images ALTER COLUMN height DROP NOT NULL")
+
+
 # MIGRATIONS[i] brings a file from schema i to schema i + 1. Append, never edit.
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     _m1_base,
@@ -234,5 +251,6 @@ MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     _m3_results,
     _m4_selections,
     _m5_detection,
+    _m6_detection3d,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
