@@ -13,6 +13,7 @@ import torch
 
 from ml_debugger.core.demo import PREPROCESS, DemoFiles, build_demo
 from ml_debugger.core.detection.demo import DetectionDemo, build_detection_demo
+from ml_debugger.core.detection.demo3d import LidarDemo, build_lidar_demo
 from ml_debugger.core.extract import ExtractRequest, extract
 from ml_debugger.core.stability import StabilityConfig
 
@@ -70,6 +71,32 @@ def extracted(demo: DemoFiles, tmp_path_factory: pytest.TempPathFactory) -> Path
 def det_demo(tmp_path_factory: pytest.TempPathFactory) -> DetectionDemo:
     """The procedural detection demo: det_val (COCO), det_pool (unlabelled), the tiny detector."""
     return build_detection_demo(tmp_path_factory.mktemp("det_demo"))
+
+
+@pytest.fixture(scope="session")
+def lidar_demo(tmp_path_factory: pytest.TempPathFactory) -> LidarDemo:
+    """The procedural 3D demo, smaller than `mldbg demo --task detection3d`: lidar_val (KITTI
+    layout, LiDAR-frame labels), lidar_pool (unlabelled) and the tiny BEV detector's weights."""
+    return build_lidar_demo(tmp_path_factory.mktemp("lidar_demo"), epochs=8, train=240, val=80, pool=60)
+
+
+@pytest.fixture(scope="session")
+def lidar_scored(lidar_demo: LidarDemo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database with lidar_val and lidar_pool extracted, a detection3d result fitted on
+    lidar_val, and lidar_pool scored. Copy it before writing to it."""
+    from ml_debugger.core.detection.demo3d import IOU_THRESH, MODEL, SCORE_THRESH
+    from ml_debugger.core.detection.evaluate import evaluate_detection
+    from ml_debugger.core.detection.extract3d import Detection3DRequest, extract_frames
+    from ml_debugger.core.scoring import score
+
+    db = tmp_path_factory.mktemp("lidar_scored") / "mldbg.duckdb"
+    common = dict(model=MODEL, weights=str(lidar_demo.weights), model_name="tinybev", workers=0,
+                  score_thresh=SCORE_THRESH, iou_thresh=IOU_THRESH)  # fmt: skip
+    for name, folder in (("lidar_val", lidar_demo.val), ("lidar_pool", lidar_demo.pool)):
+        extract_frames(Detection3DRequest(dataset=str(folder), name=name, **common), db=db)  # type: ignore[arg-type]
+    evaluate_detection("lidar_val", db=db)
+    score("lidar_pool", db=db)
+    return db
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ class Format(str, Enum):
     jsonl = "jsonl"
     labelstudio = "labelstudio"
     coco = "coco"
+    kitti = "kitti"
 
 
 def export_command(
@@ -27,7 +28,8 @@ def export_command(
     ] = None,
     format: Annotated[Format, opt("--format", "-f", help="Manifest format.")] = Format.csv,
     out_path: Annotated[
-        str | None, opt("--out", "-o", help="Manifest file, or - for stdout.", show_default=False)
+        str | None,
+        opt("--out", "-o", help="Manifest file, or - for stdout (kitti: a folder of .txt files).", show_default=False),
     ] = None,
     url_prefix: Annotated[
         str | None,
@@ -37,11 +39,12 @@ def export_command(
         Path | None, opt(help="Also copy the images here, keeping relative paths.", show_default=False)
     ] = None,
     link: Annotated[bool, opt(help="With --copy-to: symlink instead of copying.")] = False,
-    force: Annotated[bool, opt(help="With --copy-to: allow a non-empty folder.")] = False,
+    force: Annotated[bool, opt(help="With --copy-to or --format kitti: allow a non-empty folder.")] = False,
     db: DbOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Export a selection for labelers: csv, json, jsonl or Label Studio tasks.
+    """Export a selection for labelers: csv, json, jsonl, Label Studio tasks, COCO (2D
+    detection) or KITTI prediction files (3D detection, one .txt per frame).
 
     The file is written whole or not at all (a temporary file renamed into place).
 

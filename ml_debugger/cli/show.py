@@ -9,7 +9,7 @@ import typer
 
 from ml_debugger.cli._console import fmt, kv_table, out, print_json, table, user_errors
 from ml_debugger.cli._options import DbOption, JsonOption, opt
-from ml_debugger.core.detection import DETECTION_TASKS
+from ml_debugger.core.detection import DETECTION_TASKS, unit_of
 
 
 class HeatmapAxes(str, Enum):
@@ -141,21 +141,23 @@ def _show_detection_run(store: Any, run: Any, json: bool) -> None:
     done = "" if run.status == "complete" else f" ({run.status}: re-run the extract command to resume)"
     out.print(f"[bold]run {run.name}[/bold]{done}")
     per_image = details["boxes"] / max(1, details["images"])
+    unit = unit_of(run.task)
+    pc = f", points inside {st['pc_range']}" if st.get("pc_range") else ""
     out.print(
         kv_table(
             [
                 ("task", run.task),
                 ("model", f"{run.model_name}/{run.model_version} ({run.model_format}) {run.model_path}"),
                 ("dataset", f"{run.dataset_path} ({run.dataset_format})"),
-                ("images", fmt(details["images"])),
+                (f"{unit}s", fmt(details["images"])),
                 ("skipped", fmt(details["skipped"])),
                 ("labelled", fmt(run.labelled)),
-                ("boxes kept", f"{details['boxes']:,} ({per_image:.1f} per image)"),
+                ("boxes kept", f"{details['boxes']:,} ({per_image:.1f} per {unit})"),
                 ("ground-truth boxes", fmt(details["gt_boxes"]) if run.labelled else "–"),
                 (
                     "post-processing",
                     f"score ≥ {st['score_thresh']}, NMS IoU {st['iou_thresh']}, "
-                    f"at most {st['max_detections']} per image",
+                    f"at most {st['max_detections']} per {unit}{pc}",
                 ),
                 ("feature", f"{run.feature_layer} (dim {run.feature_dim})"),
                 ("created", fmt(run.created)),

@@ -51,11 +51,20 @@ class Manifest:
     boxes: pl.DataFrame | None = None
     gt: pl.DataFrame | None = None
     classes: list[str] | None = None
+    task: str = "classification"
+    dataset: str | None = None  # the run's dataset folder (KITTI export reads its calib/)
+
+    @property
+    def box_columns(self) -> tuple[str, ...]:
+        return BOX_COLUMNS_3D if self.task == "detection3d" else BOX_COLUMNS
 
 
 # What each box carries into json/jsonl/coco/labelstudio exports of a detection selection.
 BOX_COLUMNS = ("box", "x1", "y1", "x2", "y2", "predicted", "score", "error_proba", "det_error_proba",
                "cls_error_proba", "zone", "error_code")  # fmt: skip
+# 3D boxes: centre, size, yaw (LiDAR frame, metres, radians) and the points inside instead of pixels.
+BOX_COLUMNS_3D = ("box", "x", "y", "z", "dx", "dy", "dz", "yaw", "n_points", "predicted", "score", "error_proba",
+                  "det_error_proba", "cls_error_proba", "zone", "error_code")  # fmt: skip
 
 
 def _detection_manifest(store: Store, sel: dict[str, Any], run: Any) -> Manifest:
@@ -73,7 +82,7 @@ def _detection_manifest(store: Store, sel: dict[str, Any], run: Any) -> Manifest
     chosen = pl.DataFrame({"sample_id": items["sample_id"]})
     boxes = box_frame(store.read_box_scores(sel["result"], sel["run"]), info.classes).join(chosen, on="sample_id")
     gt = store.read_gt_boxes(sel["run"]).join(chosen, on="sample_id") if run.labelled else None
-    return Manifest(_header(sel, rows), rows, boxes, gt, info.classes)
+    return Manifest(_header(sel, rows), rows, boxes, gt, info.classes, run.task, run.dataset_path)
 
 
 def _header(sel: dict[str, Any], rows: pl.DataFrame) -> dict[str, Any]:
@@ -109,14 +118,20 @@ def load_manifest(store: Store, selection: str | None) -> Manifest:
 
 
 def write_csv(m: Manifest, fh: IO[str], url_prefix: str | None) -> None:
-    fh.write(m.rows.write_csv())
+    """One row per sample; a detection selection adds ``boxes``: each image's (frame's) boxes as
+    a JSON array, so the per-box detail survives in a flat file."""
+    rows = _with_boxes(m)
+    if m.boxes is not None:
+        rows = rows.with_columns(pl.col("boxes").list.eval(pl.element().struct.json_encode()).list.join(","))
+        rows = rows.with_columns(pl.format("[{}]", pl.col("boxes").fill_null("")).alias("boxes"))
+    fh.write(rows.write_csv())
 
 
 def _with_boxes(m: Manifest) -> pl.DataFrame:
     """The rows, and for a detection selection each image's boxes as a list of objects."""
     if m.boxes is None:
         return m.rows
-    per_image = m.boxes.sort("sample_id", "box").group_by("sample_id").agg(pl.struct(BOX_COLUMNS).alias("boxes"))
+    per_image = m.boxes.sort("sample_id", "box").group_by("sample_id").agg(pl.struct(m.box_columns).alias("boxes"))
     return m.rows.join(per_image, on="sample_id", how="left", maintain_order="left")
 
 
@@ -239,6 +254,34 @@ WRITERS: dict[str, Callable[[Manifest, IO[str], str | None], None]] = {
 }
 
 
+def write_kitti(m: Manifest, dest: Path, *, force: bool = False) -> None:
+    """One KITTI prediction file per selected frame (``<frame>.txt``, see
+    ``lidar.prediction_lines``: camera frame when the dataset has ``calib/<frame>.txt``), written
+    into a temporary folder beside ``dest`` and renamed into place."""
+    from ml_debugger.core.detection.lidar import prediction_lines
+
+    assert m.boxes is not None
+    if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not force)):
+        raise UsageError(f"--out {dest} exists and is not an empty folder; choose a new folder or pass --force")
+    if not dest.parent.is_dir():
+        raise UsageError(f"output directory {dest.parent} does not exist; create it or choose another --out")
+    per_frame = {sid: list(g.iter_rows(named=True)) for (sid,), g in m.boxes.sort("box").group_by("sample_id")}
+    root = Path(m.dataset) if m.dataset else None
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        for sid in m.rows["sample_id"]:
+            stem = Path(sid).stem
+            calib = root / "calib" / f"{stem}.txt" if root is not None else None
+            text = prediction_lines(per_frame.get(sid, []), calib if calib is not None and calib.is_file() else None)
+            (tmp / f"{stem}.txt").write_text(text, encoding="utf-8")
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_atomic(path: Path, write: Callable[[IO[str]], None]) -> None:
     """Write through a temporary file in the same directory, then rename it into place."""
     if not path.parent.is_dir():
@@ -299,12 +342,22 @@ def export(
     force: bool = False,
 ) -> ExportSummary:
     """Write ``selection`` (the newest when None) as ``fmt`` to ``out`` (``-``: ``stream``)."""
-    if fmt not in WRITERS:
-        raise UsageError(f"unknown export format {fmt!r}; choose from: {', '.join(WRITERS)}")
+    if fmt not in WRITERS and fmt != "kitti":
+        raise UsageError(f"unknown export format {fmt!r}; choose from: {', '.join(WRITERS)}, kitti")
     if out is None and copy_to is None:
         raise UsageError("say where to write: --out FILE (or - for stdout) and/or --copy-to DIR")
     with Store(db, read_only=True) as store:
         manifest = load_manifest(store, selection)
+    if manifest.task == "detection3d" and fmt in ("coco", "labelstudio"):
+        raise UsageError(f"--format {fmt} is for images; export 3D frames as kitti, jsonl, json or csv")
+    if fmt == "kitti":
+        if manifest.task != "detection3d" or manifest.boxes is None:
+            raise UsageError("--format kitti exports 3D detection selections; use csv, json or jsonl here")
+        if out is None or out == "-":
+            raise UsageError("--format kitti writes one .txt per frame: give --out DIR (a new or empty folder)")
+        write_kitti(manifest, Path(out), force=force)
+        copied = copy_images(manifest.rows, Path(copy_to), link=link, force=force) if copy_to else 0
+        return ExportSummary(manifest.header["selection"], fmt, out, manifest.rows.height, copied)
     write = WRITERS[fmt]
     if out == "-":
         if stream is None:

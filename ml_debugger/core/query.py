@@ -22,7 +22,7 @@ from ml_debugger.core.conditions import (
     parse_conditions,
     parse_zones,
 )
-from ml_debugger.core.detection import DETECTION_TASKS
+from ml_debugger.core.detection import DETECTION_TASKS, unit_of
 from ml_debugger.core.store import Store
 from ml_debugger.errors import UsageError
 
@@ -326,7 +326,8 @@ def image_candidates(store: Store, info: Any, run: Any, spec: QuerySpec, zones: 
     )
     if bbox.img_error_threshold is not None:
         frame = frame.filter(pl.col("flag"))
-        notes.append(f"{frame.height:,} image(s) flagged: aggregated {bbox.target_column} ≥ {bbox.img_error_threshold}")
+        what = f"{unit_of(run.task)}(s) flagged: aggregated {bbox.target_column}"
+        notes.append(f"{frame.height:,} {what} ≥ {bbox.img_error_threshold}")
     return frame.filter(filter_expr(zones, conditions))
 
 

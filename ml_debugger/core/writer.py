@@ -144,7 +144,8 @@ class BatchWriter:
         try:
             while True:
                 try:
-                    item = self._queue.get(timeout=self.flush_seconds)
+                    # Never a zero timeout: that would spin, holding the GIL the forward pass needs.
+                    item = self._queue.get(timeout=max(self.flush_seconds, 0.05))
                 except queue.Empty:
                     item = None
                 if item is _STOP:

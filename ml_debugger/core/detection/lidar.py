@@ -12,7 +12,7 @@ sorted, with a note. The camera-to-LiDAR conversion is
 KITTI's (and OpenPCDet's): the location (bottom centre, camera frame) goes through the inverse
 of ``R0_rect · Tr_velo_to_cam``, the centre is raised by h/2, (dx, dy, dz) = (l, w, h) and
 yaw = −(rotation_y + π/2). Labels already in the LiDAR frame go in ``label_lidar/NNNNNN.txt``
-as ``class x y z dx dy dz yaw`` lines (no calib needed).
+as ``class x y z dx dy dz yaw`` lines (no calib needed; a 9th field, a score, is ignored).
 
 **npy** — a folder of ``*.npy`` arrays ``[N, 3+]`` (x, y, z, then any features) and, when
 labelled, ``boxes.json`` mapping each file name to ``[[x, y, z, dx, dy, dz, yaw, label], ...]``
@@ -87,15 +87,19 @@ def keep_points(xyz: np.ndarray, pc_range: tuple[float, ...] | None) -> np.ndarr
     return keep
 
 
-def _calib(path: Path) -> np.ndarray:
-    """``(R0_rect · Tr_velo_to_cam)⁻¹`` as a 4×4 matrix, from a KITTI calib file."""
+def read_calib(path: Path) -> dict[str, np.ndarray]:
+    """A KITTI calib file: ``R0_rect`` and ``Tr_velo_to_cam`` as 4×4 matrices (``velo_to_rect`` =
+    their product) and ``P2`` (3×4) when present."""
     if not path.is_file():
         raise DatasetError(f"{path} is missing; KITTI camera-frame labels need it (or give label_lidar/ labels)")
     rows = {}
     for line in path.read_text().splitlines():
         if ":" in line:
             key, values = line.split(":", 1)
-            rows[key.strip()] = np.array([float(v) for v in values.split()])
+            try:
+                rows[key.strip()] = np.array([float(v) for v in values.split()])
+            except ValueError:
+                raise DatasetError(f"{path}: {key.strip()} holds values that are not numbers") from None
     try:
         r0 = np.eye(4)
         r0[:3, :3] = rows["R0_rect"].reshape(3, 3)
@@ -103,7 +107,51 @@ def _calib(path: Path) -> np.ndarray:
         tr[:3, :4] = rows["Tr_velo_to_cam"].reshape(3, 4)
     except (KeyError, ValueError):
         raise DatasetError(f"{path} lacks R0_rect or Tr_velo_to_cam (3×3 and 3×4 numbers)") from None
-    return np.linalg.inv(r0 @ tr)
+    out = {"velo_to_rect": r0 @ tr}
+    if "P2" in rows and rows["P2"].size == 12:
+        out["P2"] = rows["P2"].reshape(3, 4)
+    return out
+
+
+def _calib(path: Path) -> np.ndarray:
+    """``(R0_rect · Tr_velo_to_cam)⁻¹`` as a 4×4 matrix, from a KITTI calib file."""
+    return np.linalg.inv(read_calib(path)["velo_to_rect"])
+
+
+def prediction_lines(boxes: list[dict[str, Any]], calib: Path | None) -> str:
+    """KITTI-format prediction lines for one frame's boxes (dicts with predicted, score and
+    x, y, z, dx, dy, dz, yaw in the LiDAR frame).
+
+    With a calib file: KITTI's result format in the camera frame, ``type -1 -1 alpha x1 y1 x2 y2
+    h w l x y z rotation_y score`` (the 2D box is the 3D box's corners projected by P2; 0 0 0 0
+    without P2), the inverse of how the labels are read. Without one: ``label_lidar`` lines plus
+    the score, ``class x y z dx dy dz yaw score``, which mldbg reads back as labels."""
+    if calib is None:
+        return "".join(
+            f"{b['predicted']} " + " ".join(f"{b[k]:.4f}" for k in ("x", "y", "z", "dx", "dy", "dz", "yaw", "score"))
+            + "\n"
+            for b in boxes
+        )  # fmt: skip
+    cal = read_calib(calib)
+    lines = []
+    for b in boxes:
+        bottom = cal["velo_to_rect"] @ np.array([b["x"], b["y"], b["z"] - b["dz"] / 2, 1.0])
+        ry = math.remainder(-b["yaw"] - math.pi / 2, 2 * math.pi)
+        alpha = math.remainder(-math.atan2(-b["y"], b["x"]) + ry, 2 * math.pi)
+        x1 = y1 = x2 = y2 = 0.0
+        if "P2" in cal:
+            from ml_debugger.core.detection.rotated import corners_3d
+
+            c = corners_3d(np.array([[b[k] for k in ("x", "y", "z", "dx", "dy", "dz", "yaw")]]))[0]
+            cam = cal["P2"] @ (cal["velo_to_rect"] @ np.c_[c, np.ones(8)].T)
+            front = cam[2] > 1e-6
+            if front.any():
+                uv = cam[:2, front] / cam[2, front]
+                x1, y1 = uv.min(1)
+                x2, y2 = uv.max(1)
+        values = (alpha, x1, y1, x2, y2, b["dz"], b["dy"], b["dx"], *bottom[:3], ry, b["score"])
+        lines.append(f"{b['predicted']} -1 -1 " + " ".join(f"{v:.4f}" for v in values) + "\n")
+    return "".join(lines)
 
 
 def _check_box(box: list[float], where: str) -> None:
@@ -121,11 +169,12 @@ def _kitti_labels(root: Path, frame: str) -> list[tuple[str, list[float]]]:
             parts = line.split()
             if not parts:
                 continue
-            if len(parts) != 8:
+            if len(parts) not in (8, 9):
                 raise DatasetError(
-                    f"{lidar}:{n}: {len(parts)} fields; a LiDAR label line is `class x y z dx dy dz yaw`"
+                    f"{lidar}:{n}: {len(parts)} fields; a LiDAR label line is `class x y z dx dy dz yaw` "
+                    "(a 9th, the score, is allowed)"
                 )
-            box = _floats(parts[1:], lidar, n)
+            box = _floats(parts[1:8], lidar, n)
             _check_box(box, f"{lidar}:{n}")
             out.append((parts[0], box))
         return out

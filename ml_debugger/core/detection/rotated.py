@@ -186,6 +186,16 @@ def points_in_boxes(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def corners_3d(boxes: np.ndarray) -> np.ndarray:
+    """``[K, 7]`` boxes → ``[K, 8, 3]`` corners: the footprint at the bottom, then at the top."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
+    foot = bev_corners(torch.from_numpy(b)).numpy()
+    z = np.stack([b[:, 2] - b[:, 5] / 2, b[:, 2] + b[:, 5] / 2], 1)  # [K, 2]
+    bottom = np.concatenate([foot, np.repeat(z[:, :1, None], 4, 1)], 2)
+    top = np.concatenate([foot, np.repeat(z[:, 1:, None], 4, 1)], 2)
+    return np.concatenate([bottom, top], 1)
+
+
 def bev_extent(boxes: np.ndarray) -> np.ndarray:
     """``[K, 7]`` boxes → ``[K, 4]`` x1, y1, x2, y2 of their footprints' axis-aligned extent."""
     corners = bev_corners(torch.from_numpy(np.asarray(boxes, dtype=np.float64).reshape(-1, 7))).numpy()

@@ -160,13 +160,14 @@ def detection_held_out(frame: pl.DataFrame, gt: pl.DataFrame, info: ResultInfo) 
     than the result's own (held out: its images never reached the error model)."""
     import numpy as np
 
-    from ml_debugger.core.detection.evaluate import label_boxes
+    from ml_debugger.core.detection.evaluate import box_array, geometry, label_boxes
     from ml_debugger.core.detection.matching import CODES
     from ml_debugger.core.detection.metrics import mean_ap
     from ml_debugger.core.metrics import auroc_difference, detector_metrics, ece
     from ml_debugger.core.summary import zone_table
 
-    lab = label_boxes(frame, gt, info.classes, float(info.model.get("iou", 0.5)))
+    mode = info.model.get("iou_mode", "xyxy")
+    lab = label_boxes(frame, gt, info.classes, float(info.model.get("iou", 0.5)), mode)
     keep = ~lab.ignored
     f = frame.filter(pl.Series(keep))
     y = ~lab.tp[keep]
@@ -179,10 +180,11 @@ def detection_held_out(frame: pl.DataFrame, gt: pl.DataFrame, info: ResultInfo) 
         "entropy": detector_metrics(y, f["entropy"].to_numpy().astype(np.float64), confident),
     }
     ids = {s: i for i, s in enumerate(sorted(set(frame["sample_id"]) | set(gt["sample_id"])))}
+    geom = geometry(mode)
     ap = mean_ap(
-        np.array([ids[s] for s in frame["sample_id"]]), frame.select("x1", "y1", "x2", "y2").to_numpy().astype(float),
-        frame["label"].to_numpy(), frame["score"].to_numpy(), np.array([ids[s] for s in gt["sample_id"]]),
-        gt.select("x1", "y1", "x2", "y2").to_numpy().astype(float), gt["cls"].to_numpy(), gt["crowd"].to_numpy(),
+        np.array([ids[s] for s in frame["sample_id"]]), box_array(frame, geom), frame["label"].to_numpy(),
+        frame["score"].to_numpy(), np.array([ids[s] for s in gt["sample_id"]]), box_array(gt, geom),
+        gt["cls"].to_numpy(), gt["crowd"].to_numpy(), geometry=geom,
     )  # fmt: skip
     return {
         "samples": len(y),

@@ -263,7 +263,9 @@ def box_codes(data: ReportData, opts: Options) -> Section | None:
     if data.gt is not None:
         from ml_debugger.core.detection.evaluate import label_boxes
 
-        missed = label_boxes(data.frame, data.gt, data.classes, 0.5).missed
+        model = data.result.model
+        missed = label_boxes(data.frame, data.gt, data.classes, float(model.get("iou", 0.5)),
+                             model.get("iou_mode", "xyxy")).missed  # fmt: skip
         body += note(f"missed ground-truth boxes (NP): {missed:,} of {data.gt.height:,}")
     return Section("codes", "Box codes", body)
 
@@ -271,18 +273,19 @@ def box_codes(data: ReportData, opts: Options) -> Section | None:
 def class_ap(data: ReportData, opts: Options) -> Section | None:
     import numpy as np
 
+    from ml_debugger.core.detection.evaluate import box_array, geometry
     from ml_debugger.core.detection.metrics import IOUS, average_precision
 
     if data.gt is None:
         return None
     f, g = data.frame, data.gt
+    geom = geometry(data.result.model.get("iou_mode", "xyxy"))
     ids = {s: i for i, s in enumerate(sorted(set(f["sample_id"]) | set(g["sample_id"])))}
     args = (
-        np.array([ids[s] for s in f["sample_id"]]), f.select("x1", "y1", "x2", "y2").to_numpy().astype(float),
-        f["label"].to_numpy(), f["score"].to_numpy(), np.array([ids[s] for s in g["sample_id"]]),
-        g.select("x1", "y1", "x2", "y2").to_numpy().astype(float), g["cls"].to_numpy(), g["crowd"].to_numpy(),
+        np.array([ids[s] for s in f["sample_id"]]), box_array(f, geom), f["label"].to_numpy(), f["score"].to_numpy(),
+        np.array([ids[s] for s in g["sample_id"]]), box_array(g, geom), g["cls"].to_numpy(), g["crowd"].to_numpy(),
     )  # fmt: skip
-    per_iou = [average_precision(*args, iou_threshold=t) for t in IOUS]
+    per_iou = [average_precision(*args, iou_threshold=t, geometry=geom) for t in IOUS]
     counts = dict(g.filter(~pl.col("crowd")).group_by("cls").len().iter_rows())
     rows = [
         [data.classes[c], counts.get(c, 0), f"{per_iou[0][c]:.3f}", f"{np.mean([ap[c] for ap in per_iou]):.3f}"]
@@ -343,6 +346,8 @@ SECTIONS: dict[str, list[SectionFn]] = {
         predicted_classes,
     ],
     "detection": [overview, zones, box_codes, class_ap, heatmaps, calibration, distribution, box_gallery, shift],
+    # 3D: the same per-box sections; no gallery (frames are point clouds, not images).
+    "detection3d": [overview, zones, box_codes, class_ap, heatmaps, calibration, distribution, shift],
 }
 
 

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
 from ml_debugger.core.detection.lidar import load_points, open_frames
@@ -113,3 +114,35 @@ def test_npy_bad_boxes(tmp_path: Path, boxes: dict, message: str) -> None:
     with pytest.raises(DatasetError) as e:
         open_frames(_npy(tmp_path, boxes))
     assert message in str(e.value)
+
+
+def test_kitti_prediction_lines_read_back_as_the_same_boxes(tmp_path: Path) -> None:
+    """Camera-frame prediction lines (with calib) and LiDAR-frame lines (without) are the exact
+    inverse of the label readers: written as labels, they give back the boxes."""
+    from ml_debugger.core.detection.lidar import prediction_lines
+
+    root = _kitti(tmp_path)
+    rng = np.random.default_rng(1)
+    boxes = [
+        {"predicted": "Car", "score": 0.9, "x": float(rng.uniform(5, 30)), "y": float(rng.uniform(-10, 10)),
+         "z": float(rng.uniform(-1, 1)), "dx": 3.9, "dy": 1.6, "dz": 1.5, "yaw": float(rng.uniform(-3, 3))}
+        for _ in range(5)
+    ]  # fmt: skip
+    with_p2 = CALIB.replace("P0: 0 0 0 0 0 0 0 0 0 0 0 0", "P2: 700 0 600 0 0 700 180 0 0 0 1 0")
+    (root / "calib" / "000000.txt").write_text(with_p2)
+    camera = prediction_lines(boxes, root / "calib" / "000000.txt")
+    assert all(len(line.split()) == 16 for line in camera.splitlines())
+    x1, y1, x2, y2 = (float(v) for v in camera.splitlines()[0].split()[4:8])
+    assert 0 < x1 < x2 and 0 < y1 < y2  # in front of the camera: a real projected 2D box
+    (root / "label_2" / "000000.txt").write_text(camera)
+    got = open_frames(root).boxes.filter(open_frames(root).boxes["sample_id"] == "000000.bin")
+    want = np.array([[b[k] for k in ("x", "y", "z", "dx", "dy", "dz")] for b in boxes])
+    cols = ["x", "y", "z", "dx", "dy", "dz"]
+    assert got.select(cols).to_numpy() == pytest.approx(want, abs=2e-4)
+    yaw_err = np.angle(np.exp(1j * (got["yaw"].to_numpy() - np.array([b["yaw"] for b in boxes]))))
+    assert np.abs(yaw_err).max() < 2e-4
+    lidar = prediction_lines(boxes, None)
+    (root / "label_lidar").mkdir()
+    (root / "label_lidar" / "000000.txt").write_text(lidar)
+    again = open_frames(root).boxes.filter(pl.col("sample_id") == "000000.bin")
+    assert again.select(cols).to_numpy() == pytest.approx(want, abs=1e-4)
