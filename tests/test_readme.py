@@ -16,17 +16,19 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 runner = CliRunner()
 
 
-# A block right after this comment runs in the detection demo (`mldbg demo --task detection`).
-DETECTION = "<!-- runs in the detection demo -->"
+# A block right after `<!-- runs in the detection demo -->` runs in `mldbg demo --task detection`,
+# after `<!-- runs in the 3D demo -->` in `mldbg demo --task detection3d`; others in `mldbg demo`.
+DEMOS = {"": "classification", "detection": "detection", "3D": "detection3d"}
 
 
-def _blocks(kind: str, *, detection: bool) -> list[str]:
-    found = re.findall(rf"(<!-- runs in the detection demo -->\n)?```{kind}\n(.*?)```", README.read_text(), flags=re.S)
-    return [body for marker, body in found if bool(marker) == detection]
+def _blocks(kind: str, *, demo: str = "") -> list[str]:
+    found = re.findall(rf"(?:<!-- runs in the (detection|3D) demo -->\n)?```{kind}\n(.*?)```", README.read_text(),
+                       flags=re.S)  # fmt: skip
+    return [body for marker, body in found if marker == demo]
 
 
-def _commands(*, detection: bool = False) -> list[str]:
-    blocks = _blocks("console", detection=detection)
+def _commands(*, demo: str = "") -> list[str]:
+    blocks = _blocks("console", demo=demo)
     return [ln[2:].strip() for b in blocks for ln in b.splitlines() if ln.startswith("$ mldbg ")]
 
 
@@ -45,22 +47,24 @@ def test_readme_commands_run_in_the_demo(tmp_path: Path, monkeypatch: pytest.Mon
     for line in _commands():
         r = runner.invoke(app, shlex.split(line)[1:])
         assert r.exit_code == 0, f"{line}\n{r.output}"
-    for block in _blocks("python", detection=False):
+    for block in _blocks("python"):
         exec(compile(block, "README.md", "exec"), {})  # the Python examples run as written
 
 
-def test_readme_detection_commands_run_in_the_detection_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("demo", "folder"), [("detection", "mldbg-demo-det"), ("3D", "mldbg-demo-3d")])
+def test_readme_detection_commands_run_in_their_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo: str,
+                                                     folder: str) -> None:  # fmt: skip
     for key in [k for k in os.environ if k.startswith("MLDBG_")]:
         monkeypatch.delenv(key)
-    r = runner.invoke(app, ["-q", "demo", str(tmp_path / "mldbg-demo-det"), "--task", "detection"])
+    r = runner.invoke(app, ["-q", "demo", str(tmp_path / folder), "--task", DEMOS[demo]])
     assert r.exit_code == 0, r.output
-    monkeypatch.chdir(tmp_path / "mldbg-demo-det")
-    commands = _commands(detection=True)
+    monkeypatch.chdir(tmp_path / folder)
+    commands = _commands(demo=demo)
     assert len(commands) >= 4
     for line in commands:
         r = runner.invoke(app, shlex.split(line)[1:])
         assert r.exit_code == 0, f"{line}\n{r.output}"
-    blocks = _blocks("python", detection=True)
+    blocks = _blocks("python", demo=demo)
     assert blocks
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})

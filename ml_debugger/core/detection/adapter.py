@@ -76,21 +76,27 @@ def rotated_bev_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def nms(
-    boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, iou_threshold: float, iou_fn: IouFn = box_iou
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    classes: torch.Tensor,
+    iou_threshold: float,
+    iou_fn: IouFn = box_iou,
+    ious: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Indices of the boxes greedy per-class NMS keeps, best score first (ties: input order).
 
     Exact greedy NMS without a Python loop over boxes: with ``S[i, j]`` = "box i (ranked before
     j, same class) overlaps j above the threshold", iterate ``keep[j] = not any(keep[i] and
     S[i, j])`` to its fixed point; after t rounds the first t ranks are final, and in practice a
-    few rounds suffice.
+    few rounds suffice. ``ious``: the boxes' pairwise IoU, when already computed.
     """
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = torch.sort(scores, descending=True, stable=True).indices
     b, c = boxes[order], classes[order]
     n = len(order)
-    suppress = (iou_fn(b, b) > iou_threshold) & (c[:, None] == c[None, :])
+    pairwise = iou_fn(b, b) if ious is None else ious[order][:, order]
+    suppress = (pairwise > iou_threshold) & (c[:, None] == c[None, :])
     suppress = torch.triu(suppress, diagonal=1)
     keep = torch.ones(n, dtype=torch.bool, device=boxes.device)
     for _ in range(_ROUNDS):
@@ -169,21 +175,44 @@ def postprocess(
 
     2D boxes are ``[N, 4]`` xyxy; 3D boxes ``[N, 7]`` (``box_dim=7``: x, y, z, dx, dy, dz, yaw)
     are suppressed and compared by their rotated bird's-eye-view IoU."""
-    iou_fn: IouFn = rotated_bev_iou if box_dim == 7 else box_iou
-    kept = []
-    for i, o in enumerate(_per_image(output, batch)):
-        boxes, probs, feats = _check(o, i, n_classes, box_dim)
+    checked = [_check(o, i, n_classes, box_dim) for i, o in enumerate(_per_image(output, batch))]
+    chosen = []
+    for _, probs, _ in checked:
         scores, labels = probs.max(-1)
-        idx = torch.nonzero(scores >= score_thresh).reshape(-1)
-        keep = idx[nms(boxes[idx], scores[idx], labels[idx], iou_thresh, iou_fn)][:max_detections]
-        kb = boxes[keep]
-        ious = iou_fn(kb, boxes[idx])
+        chosen.append((torch.nonzero(scores >= score_thresh).reshape(-1), scores, labels))
+    candidates = [boxes[idx] for (boxes, _, _), (idx, _, _) in zip(checked, chosen, strict=True)]
+    if box_dim == 7:
+        from ml_debugger.core.detection.rotated import self_iou
+
+        # Rotated IoU is costly: NMS and the candidate signals need same-class pairs only, so
+        # those are computed for every frame at once, then all pairs among the kept boxes.
+        same = [labels[idx].cpu() for idx, _, labels in chosen]
+        matrices = self_iou([c.detach().cpu() for c in candidates], same_class=same)
+    else:
+        matrices = [box_iou(b, b) for b in candidates]
+    locals_ = []
+    for (boxes, _, _), (idx, scores, labels), ious in zip(checked, chosen, matrices, strict=True):
+        locals_.append(
+            nms(boxes[idx], scores[idx], labels[idx], iou_thresh, ious=ious.to(boxes.device))[:max_detections]
+        )
+    if box_dim == 7:
+        kept_pairs = self_iou([c[loc].detach().cpu() for c, loc in zip(candidates, locals_, strict=True)])
+    else:
+        kept_pairs = [m[loc][:, loc] for m, loc in zip(matrices, locals_, strict=True)]
+    kept = []
+    for (boxes, probs, feats), (idx, scores, labels), ious, local, pairs in zip(
+        checked, chosen, matrices, locals_, kept_pairs, strict=True
+    ):
+        keep = idx[local]
+        ious = ious.to(boxes.device)[local].to(boxes.dtype)  # kept × candidates (same class where 3D)
         near = (ious > iou_thresh) & (labels[keep][:, None] == labels[idx][None, :]) & (keep[:, None] != idx[None, :])
         n_near = near.sum(1)
         mean_iou = (ious * near).sum(1) / n_near.clamp(min=1)
-        others = iou_fn(kb, kb).fill_diagonal_(0.0)
-        max_other = others.max(1).values if len(keep) > 1 else torch.zeros(len(keep))
+        others = pairs.to(device=boxes.device, dtype=boxes.dtype).clone().fill_diagonal_(0.0)
+        max_other = others.max(1).values if len(keep) > 1 else torch.zeros(len(keep), device=boxes.device)
         kept.append(
-            Detections(kb, probs[keep], labels[keep], scores[keep], feats[keep], keep, n_near, mean_iou, max_other)
+            Detections(
+                boxes[keep], probs[keep], labels[keep], scores[keep], feats[keep], keep, n_near, mean_iou, max_other
+            )
         )
     return kept

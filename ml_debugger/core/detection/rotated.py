@@ -136,6 +136,33 @@ def iou_matrix(a: torch.Tensor, b: torch.Tensor, *, mode: str = "3d") -> torch.T
     return paired_iou(a[ia], b[ib], mode=mode).reshape(n, m)
 
 
+def self_iou(groups: list[torch.Tensor], *, mode: str = "bev",
+             same_class: list[torch.Tensor] | None = None) -> list[torch.Tensor]:  # fmt: skip
+    """The pairwise IoU matrix ``[n_i, n_i]`` of each group of boxes (e.g. each frame's
+    candidates), all groups' pairs (i < j) computed in one ``paired_iou`` call; the diagonal is 1.
+    With ``same_class`` (one label vector per group), pairs of different labels are left at 0."""
+    sizes = [len(g) for g in groups]
+    tri = [torch.triu_indices(n, n, 1) for n in sizes]
+    if same_class is not None:
+        tri = [t[:, c[t[0]] == c[t[1]]] for t, c in zip(tri, same_class, strict=True)]
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist() if sizes else []
+    if sum(t.shape[1] for t in tri):
+        flat = torch.cat(list(groups))
+        ia = torch.cat([t[0] + o for t, o in zip(tri, offsets, strict=True)])
+        ib = torch.cat([t[1] + o for t, o in zip(tri, offsets, strict=True)])
+        values = paired_iou(flat[ia], flat[ib], mode=mode)
+    else:
+        values = torch.zeros(0, dtype=torch.float64)
+    out, start = [], 0
+    for n, t in zip(sizes, tri, strict=True):
+        m = torch.zeros(n, n, dtype=torch.float64)
+        stop = start + t.shape[1]
+        m[t[0], t[1]] = values[start:stop]
+        out.append(m + m.T + torch.eye(n, dtype=torch.float64))
+        start = stop
+    return out
+
+
 def _pairwise(mode: str):  # type: ignore[no-untyped-def]
     def intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """``[..., N, 7] × [..., M, 7] → [..., N, M]`` intersection areas (bev) or volumes (3d)."""
@@ -167,22 +194,22 @@ ROTATED_3D = Geometry("3d", 7, *_pairwise("3d"))
 def points_in_boxes(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """How many of ``points [N, 3+]`` lie inside each box of ``boxes [K, 7]`` (faces count): ``[K]``.
 
-    Points go into each box's own frame (translate, rotate by −yaw); chunks of boxes bound memory."""
+    Points go into each box's own frame (translate, rotate by −yaw), in float32 and one
+    coordinate at a time (no ``[K, N, 3]`` temporary); chunks of boxes bound memory."""
     out = torch.zeros(len(boxes), dtype=torch.long)
     if len(points) == 0 or len(boxes) == 0:
         return out
-    p = points[:, :3].to(torch.float64)
-    b = boxes.to(torch.float64)
-    step = max(1, (1 << 22) // max(1, len(p)))
+    px, py, pz = (points[:, i].float()[None, :] for i in range(3))
+    b = boxes.float()
+    step = max(1, (1 << 22) // len(points))
     for start in range(0, len(b), step):
         bb = b[start : start + step]
-        rel = p[None, :, :] - bb[:, None, :3]
-        c, s = torch.cos(bb[:, 6])[:, None], torch.sin(bb[:, 6])[:, None]
-        lx = rel[..., 0] * c + rel[..., 1] * s
-        ly = -rel[..., 0] * s + rel[..., 1] * c
-        inside = (lx.abs() <= bb[:, None, 3] / 2) & (ly.abs() <= bb[:, None, 4] / 2)
-        inside &= rel[..., 2].abs() <= bb[:, None, 5] / 2
-        out[start : start + step] = inside.sum(1)
+        c, s = torch.cos(bb[:, 6:7]), torch.sin(bb[:, 6:7])
+        dx, dy = px - bb[:, 0:1], py - bb[:, 1:2]
+        inside = (dx * c + dy * s).abs_() <= bb[:, 3:4] / 2
+        inside &= (dy * c - dx * s).abs_() <= bb[:, 4:5] / 2
+        inside &= (pz - bb[:, 2:3]).abs_() <= bb[:, 5:6] / 2
+        out[start : start + step] = inside.sum(1).cpu()
     return out
 
 

@@ -10,7 +10,7 @@ In order, one Polars plan over all boxes at once:
    ``weight_column`` when given (weighted mean / weighted median; ``max`` ignores weights);
 4. ``img_error_threshold``: flag = aggregated score ≥ threshold (flags are None when unset).
 
-``pred_size`` is a box's area as a share of its image. An image with no box left after the
+``pred_size`` is a box's area as a share of its image (3D: its volume in m³). An image with no box left after the
 filter gets ``img_score`` 0 and ``n_boxes`` 0, and is never flagged: mldbg scores the boxes a
 detector kept, so an empty image carries no error signal of its own; query ``n_boxes`` (or the
 labelled run's ``NP`` codes) to find images where objects may have been missed.
@@ -156,8 +156,11 @@ def box_frame(scores: pl.DataFrame, classes: list[str]) -> pl.DataFrame:
     w = (pl.col("x2") - pl.col("x1")).clip(0, None)
     h = (pl.col("y2") - pl.col("y1")).clip(0, None)
     area = (pl.col("width") * pl.col("height")).cast(pl.Float64)
+    size = w * h / area
+    if "dz" in scores.columns:  # 3D frames have no pixels: the box's volume (m³) instead
+        size = pl.when(pl.col("width").is_null()).then(pl.col("dx") * pl.col("dy") * pl.col("dz")).otherwise(size)
     return scores.with_columns(
-        (w * h / area).alias("pred_size"),
+        size.cast(pl.Float64).alias("pred_size"),
         pl.col("label").replace_strict(dict(enumerate(classes)), return_dtype=pl.String).alias("predicted"),
     )
 
