@@ -144,7 +144,12 @@ def extract_command(
     Labelled data (class folders, or a manifest with labels) is stored with its labels for
     `mldbg evaluate`; an interrupted extraction resumes when the same command runs again.
 
+    Detection (--task detection) stores each image's kept boxes; --task detection3d reads LiDAR
+    frames (KITTI velodyne/*.bin or .npy) and stores 3D boxes.
+
     Example: mldbg extract data/val --model model.pt2 --name val --stability 4
+
+    Example: mldbg extract data/lidar --task detection3d --model pkg.adapter:build --weights w.pt --format kitti
     """
     with user_errors():
         from ml_debugger.core.config import load_config
