@@ -193,6 +193,27 @@ def held_out() -> None:
     for name, order in rankings.items():
         got = [sum(errors.get(s, 0) for s in order.head(k)) for k in (50, 100)]
         print(f"first 50 / 100 frames by {name:<17}: {got[0]:,} / {got[1]:,} wrong boxes")
+    # Flags at higher operating scores, where a frame can be clean: "bad" = it holds a wrong box
+    # of score ≥ s (missed objects left aside: no kept box speaks for them).
+    for s_op in (0.5, 0.7, 0.9):
+        kept = boxes.filter(pl.col("score") >= s_op)
+        lab_s = label_boxes(kept, truth, res.classes, iou, mode)
+        bad_s = set(kept.filter(pl.Series(~lab_s.tp))["sample_id"])
+        rule = {"bbox_filter": f"score>={s_op}", "aggregation": "max", "img_error_threshold": 0.5}
+        ours_s = BBoxStrategy.from_value(rule).image_scores(boxes, every)
+        flagged_s = set(ours_s.filter(pl.col("flag"))["sample_id"])
+        low = kept.group_by("sample_id").agg((1 - pl.col("score")).max().alias("s"))
+        base_s = set(low.sort("s", descending=True)["sample_id"].head(len(flagged_s)))
+        y_frame = ours_s["sample_id"].is_in(list(bad_s)).to_numpy()
+        low_all = ours_s.select("sample_id").join(low, on="sample_id", how="left")["s"].fill_null(0.0).to_numpy()
+        hit, hit_b, n_bad = len(flagged_s & bad_s), len(base_s & bad_s), max(1, len(bad_s))
+        ours_auroc, base_auroc = auroc(y_frame, ours_s["img_score"].to_numpy()), auroc(y_frame, low_all)
+        print(
+            f"score ≥ {s_op}: {len(bad_s)} of {len(every)} frames hold a wrong box; flag (max error_proba ≥ 0.5) "
+            f"{len(flagged_s)} frames, precision {hit / max(1, len(flagged_s)):.3f} recall {hit / n_bad:.3f}; "
+            f"lowest box score, same count: precision {hit_b / max(1, len(base_s)):.3f} recall {hit_b / n_bad:.3f}; "
+            f"frame AUROC {ours_auroc:.4f} vs {base_auroc:.4f}"
+        )
 
 
 def overhead(reps: int = 5) -> None:
