@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -68,12 +69,16 @@ def test_kill_9_then_resume_equals_uninterrupted(demo: DemoFiles, tmp_path: Path
     env = _clean_env()
 
     killed_db = tmp_path / "killed.duckdb"
-    proc = subprocess.Popen(_cmd(data, killed_db, demo), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(_cmd(data, killed_db, demo), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 120
     while _saved(killed_db) == 0 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)  # reading while it extracts must work (the writer only holds the file to commit)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # A SIGKILLed parent can leave its DataLoader worker blocked for good; end the whole group.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
     partial = _saved(killed_db)
     if not 0 < partial < n:
         pytest.skip(f"could not interrupt mid-run (saved {partial} of {n})")

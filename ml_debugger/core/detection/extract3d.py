@@ -100,7 +100,7 @@ def frames3d(ids: list[str], paths: list[str], points: list[np.ndarray], dets: l
     cols = box_columns(dets)
     box7 = cols["boxes"].reshape(-1, 7)
     extent = bev_extent(box7).astype(np.float32)
-    inside = [points_in_boxes(torch.from_numpy(p), d.boxes) for p, d in zip(points, dets, strict=True)]
+    inside = [points_in_boxes(p, d.boxes) for p, d in zip(points, dets, strict=True)]
     boxes = pl.DataFrame(
         {
             "sample_id": pl.Series([ids[i] for i in cols["sample_index"]], dtype=pl.String),
