@@ -6,10 +6,10 @@ axes (length along x at yaw 0), rotation about +z counter-clockwise from +x (rad
 **kitti** — a folder with ``velodyne/NNNNNN.bin`` (float32 x, y, z, intensity per point) and,
 when labelled, ``label_2/NNNNNN.txt`` in KITTI's camera frame with ``calib/NNNNNN.txt``. Each
 label line is ``type truncated occluded alpha x1 y1 x2 y2 h w l x y z rotation_y`` (a 16th
-score field is allowed); ``DontCare`` lines are skipped. The class order (the model's output order) comes from
-``--classes FILE`` or a ``classes.txt`` in the folder; without either it is the label names
-sorted, with a note. The camera-to-LiDAR conversion is
-KITTI's (and OpenPCDet's): the location (bottom centre, camera frame) goes through the inverse
+score field is allowed); ``DontCare`` lines are skipped. The class order (the model's output
+order) comes from ``--classes FILE`` or a ``classes.txt`` in the folder; without either it is
+the label names sorted, with a note. The camera-to-LiDAR conversion is KITTI's (and
+OpenPCDet's): the location (bottom centre, camera frame) goes through the inverse
 of ``R0_rect · Tr_velo_to_cam``, the centre is raised by h/2, (dx, dy, dz) = (l, w, h) and
 yaw = −(rotation_y + π/2). Labels already in the LiDAR frame go in ``label_lidar/NNNNNN.txt``
 as ``class x y z dx dy dz yaw`` lines (no calib needed; a 9th field, a score, is ignored).
