@@ -161,6 +161,15 @@ def _check(o: dict[str, torch.Tensor], i: int, n_classes: int | None, box_dim: i
     return boxes.float(), probs, feats.float()
 
 
+def output_dims(output: Any, box_dim: int = 4) -> tuple[int, int]:
+    """(classes, feature width) of a detector's output on a batch of one; a ModelError names what
+    breaks the protocol."""
+    postprocess(output, 1, box_dim=box_dim)
+    first = _per_image(output, 1)[0]
+    cls = first["logits"] if "logits" in first else first["scores"]
+    return int(cls.shape[-1]), int(first["features"].shape[-1])
+
+
 def postprocess(
     output: Any,
     batch: int,

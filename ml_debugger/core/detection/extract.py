@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ml_debugger import __version__
 from ml_debugger.core.datasets import read_classes_file
-from ml_debugger.core.detection.adapter import Detections, postprocess
+from ml_debugger.core.detection.adapter import Detections, output_dims, postprocess
 from ml_debugger.core.detection.datasets import DetectionDataset, open_detection_dataset
 from ml_debugger.core.extract import (
     ProgressFn,
@@ -286,11 +286,7 @@ def _probe(model: Any, ds: DetectionDataset, req: DetectionRequest, device: torc
             continue
         with torch.no_grad():
             out = model(torch.from_numpy(x)[None].to(device))
-        first = out[0] if isinstance(out, (list, tuple)) else {k: v[0] for k, v in out.items()}
-        cls = first.get("logits", first.get("scores")) if isinstance(first, dict) else None
-        postprocess(out, 1)  # raises a ModelError naming what breaks the protocol
-        assert cls is not None
-        return int(cls.shape[-1]), int(first["features"].shape[-1])
+        return output_dims(out)
     raise DatasetError(f"none of the first images in {ds.root} could be decoded; check that the files are images")
 
 

@@ -22,7 +22,7 @@ import polars as pl
 import torch
 
 from ml_debugger.core.datasets import read_classes_file
-from ml_debugger.core.detection.adapter import Detections, postprocess
+from ml_debugger.core.detection.adapter import Detections, output_dims, postprocess
 from ml_debugger.core.detection.extract import (
     BoxRequest,
     DetectionSummary,
@@ -149,10 +149,7 @@ def _probe(model: Any, ds: FrameDataset, pc_range: tuple[float, ...] | None, dev
             continue
         with torch.no_grad():
             out = model([torch.from_numpy(pts).to(device)])
-        postprocess(out, 1, box_dim=7)  # raises a ModelError naming what breaks the protocol
-        first = out[0] if isinstance(out, (list, tuple)) else {k: v[0] for k, v in out.items()}
-        cls = first["logits"] if "logits" in first else first["scores"]
-        return int(cls.shape[-1]), int(first["features"].shape[-1])
+        return output_dims(out, box_dim=7)
     raise DatasetError(f"none of the first frames in {ds.root} could be read: {reader[0][2]}")
 
 
