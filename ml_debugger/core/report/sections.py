@@ -18,7 +18,7 @@ from ml_debugger.core.detection import DETECTION_TASKS
 from ml_debugger.core.report import aggregates as agg
 from ml_debugger.core.report import charts
 from ml_debugger.core.report.data import ReportData
-from ml_debugger.core.report.thumbs import data_uri
+from ml_debugger.core.report.thumbs import bev_uri, data_uri
 from ml_debugger.core.wording import (
     ZONE_INFO,
     class_rows,
@@ -299,23 +299,29 @@ def box_gallery(data: ReportData, opts: Options) -> Section | None:
     if opts.gallery <= 0:
         return None
     parts = []
+    three_d = data.task == "detection3d"
+    cols = ("x", "y", "z", "dx", "dy", "dz", "yaw") if three_d else ("x1", "y1", "x2", "y2")
     gt_by_image: dict[str, list[tuple[float, ...]]] = {}
     if data.gt is not None:
-        for sid, *xyxy in data.gt.select("sample_id", "x1", "y1", "x2", "y2").iter_rows():
-            gt_by_image.setdefault(sid, []).append(tuple(xyxy))
+        for sid, *values in data.gt.select("sample_id", *cols).iter_rows():
+            gt_by_image.setdefault(sid, []).append(tuple(values))
     for zone in GALLERY_ZONES:
         rows = agg.gallery(data.frame, zone, opts.gallery)
         total = int((data.frame["zone"] == zone).sum())
         head = f"<h3>{esc(zone)} ({esc(ZONE_INFO[zone][0])}): top {rows.height} of {total:,} boxes by error_proba</h3>"
         cards = []
         for r in rows.to_dicts():
-            drawn = [(b, "#1a9850") for b in gt_by_image.get(r["sample_id"], [])]
-            drawn.append(((r["x1"], r["y1"], r["x2"], r["y2"]), "#d73027"))
-            uri = data_uri(r["path"], data.db_path, boxes=drawn)
+            truth = gt_by_image.get(r["sample_id"], [])
+            if three_d:
+                uri = bev_uri(r["path"], data.db_path, tuple(r[c] for c in cols), truth)
+            else:
+                drawn = [(b, "#1a9850") for b in truth]
+                drawn.append((tuple(r[c] for c in cols), "#d73027"))
+                uri = data_uri(r["path"], data.db_path, boxes=drawn)
             img = (
                 f'<img src="{uri}" alt="{esc(r["sample_id"])}">'
                 if uri
-                else '<div class="missing">image not found</div>'
+                else f'<div class="missing">{"frame" if three_d else "image"} not found</div>'
             )
             cards.append(
                 f'<figure class="card">{img}<figcaption><b>{esc(r["sample_id"])} · box {r["box"]}</b>'
@@ -328,7 +334,12 @@ def box_gallery(data: ReportData, opts: Options) -> Section | None:
         parts.append(
             head + (f'<div class="gallery">{"".join(cards)}</div>' if cards else note("no boxes in this zone"))
         )
-    legend = note("red: the box; green: the image's ground truth (labelled runs)")
+    legend = note(
+        "bird's-eye view, 24 m around the box (x forward is up): red the box, green the frame's ground truth "
+        "(labelled runs), grey the points"
+        if three_d
+        else "red: the box; green: the image's ground truth (labelled runs)"
+    )
     return Section("gallery", "Box gallery", legend + "".join(parts))
 
 
@@ -346,8 +357,8 @@ SECTIONS: dict[str, list[SectionFn]] = {
         predicted_classes,
     ],
     "detection": [overview, zones, box_codes, class_ap, heatmaps, calibration, distribution, box_gallery, shift],
-    # 3D: the same per-box sections; no gallery (frames are point clouds, not images).
-    "detection3d": [overview, zones, box_codes, class_ap, heatmaps, calibration, distribution, shift],
+    # 3D: the same per-box sections, the gallery drawn in bird's-eye view.
+    "detection3d": [overview, zones, box_codes, class_ap, heatmaps, calibration, distribution, box_gallery, shift],
 }
 
 

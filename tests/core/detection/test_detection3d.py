@@ -227,3 +227,25 @@ def test_extract_cli_on_an_image_folder_says_no_frames(lidar_demo: LidarDemo, tm
     res = runner.invoke(app, ["extract", str(tmp_path / "imgs"), "--task", "detection3d", "--model", MODEL,
                               "--weights", str(lidar_demo.weights), "--db", str(tmp_path / "m.duckdb")])  # fmt: skip
     assert res.exit_code != 0 and "holds no frames" in res.output
+
+
+@pytest.mark.parametrize("run", ["lidar_val", "lidar_pool"])
+def test_report_of_a_3d_result_draws_frames_in_birds_eye_view(lidar_scored: Path, tmp_path: Path, run: str) -> None:
+    from tests import browser
+
+    out = tmp_path / f"{run}.html"
+    r = runner.invoke(app, ["report", "--run", run, "--db", str(lidar_scored), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    page = out.read_text(encoding="utf-8")
+    sections = re.findall(r'<section id="([a-z-]+)"', page)
+    if run == "lidar_val":
+        assert sections == ["overview", "zones", "codes", "ap", "heatmaps", "calibration", "distribution", "gallery"]
+        assert "(BEV IoU)" in page
+    else:
+        assert "shift" in sections and "ap" not in sections
+    assert "-eye view, 24 m around the box" in page and re.findall(r'<img src="data:image/png;base64,', page)
+    assert 'class="missing"' not in page
+    if browser.chromium() is None:
+        return
+    rendered = browser.dump_dom(out)
+    assert rendered.console == [] and 'data-report-status="ok"' in rendered.dom
