@@ -249,3 +249,43 @@ def test_report_of_a_3d_result_draws_frames_in_birds_eye_view(lidar_scored: Path
         return
     rendered = browser.dump_dom(out)
     assert rendered.console == [] and 'data-report-status="ok"' in rendered.dom
+
+
+def test_camera_frame_kitti_through_the_cli(lidar_demo: LidarDemo, lidar_scored: Path, tmp_path: Path) -> None:
+    """A KITTI folder with camera-frame labels and calib files: extracted, scored, queried and
+    exported as camera-frame prediction files, one per selected frame."""
+    from ml_debugger.core.detection.lidar import prediction_lines
+
+    calib = (
+        "P2: 700 0 600 0 0 700 180 0 0 0 1 0\nR0_rect: 1 0 0 0 1 0 0 0 1\nTr_velo_to_cam: 0 -1 0 0 0 0 -1 0 1 0 0 0\n"
+    )
+    root = tmp_path / "kitti"
+    for d in ("velodyne", "label_2", "calib"):
+        (root / d).mkdir(parents=True)
+    (root / "classes.txt").write_text("car\npedestrian\ncyclist\n")
+    for src in sorted((lidar_demo.val / "velodyne").glob("*.bin"))[:10]:
+        shutil.copy(src, root / "velodyne" / src.name)
+        (root / "calib" / f"{src.stem}.txt").write_text(calib)
+        truth = [line.split() for line in (lidar_demo.val / "label_lidar" / f"{src.stem}.txt").read_text().splitlines()]
+        boxes = [{"predicted": t[0], "score": 1.0, **dict(zip(BOX7, map(float, t[1:8]), strict=True))} for t in truth]
+        (root / "label_2" / f"{src.stem}.txt").write_text(prediction_lines(boxes, root / "calib" / f"{src.stem}.txt"))
+    db = tmp_path / "m.duckdb"
+    shutil.copy(lidar_scored, db)
+    common = ["--db", str(db)]
+    post = ["--score-thresh", str(SCORE_THRESH), "--iou-thresh", str(IOU_THRESH)]
+    res = runner.invoke(app, ["extract", str(root), "--task", "detection3d", "--model", MODEL, "--weights",
+                              str(lidar_demo.weights), "--model-name", "tinybev", "--format", "kitti", "--name", "cam",
+                              *post, *common])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    with Store(db, read_only=True) as store:
+        gt = store.read_gt_boxes("cam")
+        want = store.read_gt_boxes("lidar_val").filter(pl.col("sample_id").is_in(gt["sample_id"].unique().to_list()))
+    assert gt.select(BOX7[:6]).to_numpy() == pytest.approx(want.select(BOX7[:6]).to_numpy(), abs=2e-4)
+    assert runner.invoke(app, ["score", "cam", *common]).exit_code == 0
+    assert runner.invoke(app, ["query", "--run", "cam", "--n", "4", *common]).exit_code == 0
+    out = tmp_path / "pred"
+    assert runner.invoke(app, ["export", "--format", "kitti", "--out", str(out), *common]).exit_code == 0
+    files = sorted(out.iterdir())
+    assert len(files) == 4
+    lines = [ln.split() for f in files for ln in f.read_text().splitlines()]
+    assert lines and all(len(ln) == 16 and ln[1:3] == ["-1", "-1"] for ln in lines)  # KITTI's camera-frame result
