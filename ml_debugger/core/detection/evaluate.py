@@ -100,6 +100,19 @@ def _ids(*frames: pl.DataFrame) -> dict[str, int]:
     return {s: i for i, s in enumerate(names)}
 
 
+def ap_inputs(boxes: pl.DataFrame, gt: pl.DataFrame, mode: str) -> tuple[tuple[np.ndarray, ...], Geometry]:
+    """The positional arguments of ``metrics.average_precision`` / ``mean_ap`` for a run's kept
+    boxes and ground truth (images numbered in common), and the geometry of IoU ``mode``."""
+    geom = geometry(mode)
+    ids = _ids(boxes, gt)
+    args = (
+        np.array([ids[s] for s in boxes["sample_id"]]), box_array(boxes, geom), boxes["label"].to_numpy(),
+        boxes["score"].to_numpy(), np.array([ids[s] for s in gt["sample_id"]]), box_array(gt, geom),
+        gt["cls"].to_numpy(), gt["crowd"].to_numpy(),
+    )  # fmt: skip
+    return args, geom
+
+
 @dataclass(frozen=True)
 class _Labels:
     code: np.ndarray
@@ -293,13 +306,8 @@ def _metrics(scored: pl.DataFrame, boxes: pl.DataFrame, gt: pl.DataFrame, lab: _
         "entropy": detector_metrics(y, scored["entropy"].to_numpy().astype(np.float64), conf),
     }
     versus = auroc_difference(y, scored["error_proba"].to_numpy(), 1.0 - score)
-    ids = _ids(boxes, gt)
-    geom = geometry(mode)
-    ap = mean_ap(
-        np.array([ids[s] for s in boxes["sample_id"]]), box_array(boxes, geom), boxes["label"].to_numpy(),
-        boxes["score"].to_numpy(), np.array([ids[s] for s in gt["sample_id"]]), box_array(gt, geom),
-        gt["cls"].to_numpy(), gt_crowd=gt["crowd"].to_numpy(), geometry=geom,
-    )  # fmt: skip
+    args, geom = ap_inputs(boxes, gt, mode)
+    ap = mean_ap(*args, geometry=geom)
     counts = {c: int((lab.code == c).sum()) for c in CODES}
     return {
         "samples": len(y),

@@ -160,7 +160,7 @@ def detection_held_out(frame: pl.DataFrame, gt: pl.DataFrame, info: ResultInfo) 
     than the result's own (held out: its images never reached the error model)."""
     import numpy as np
 
-    from ml_debugger.core.detection.evaluate import box_array, geometry, label_boxes
+    from ml_debugger.core.detection.evaluate import ap_inputs, label_boxes
     from ml_debugger.core.detection.matching import CODES
     from ml_debugger.core.detection.metrics import mean_ap
     from ml_debugger.core.metrics import auroc_difference, detector_metrics, ece
@@ -179,13 +179,8 @@ def detection_held_out(frame: pl.DataFrame, gt: pl.DataFrame, info: ResultInfo) 
         "one_minus_score": detector_metrics(y, 1.0 - score, confident),
         "entropy": detector_metrics(y, f["entropy"].to_numpy().astype(np.float64), confident),
     }
-    ids = {s: i for i, s in enumerate(sorted(set(frame["sample_id"]) | set(gt["sample_id"])))}
-    geom = geometry(mode)
-    ap = mean_ap(
-        np.array([ids[s] for s in frame["sample_id"]]), box_array(frame, geom), frame["label"].to_numpy(),
-        frame["score"].to_numpy(), np.array([ids[s] for s in gt["sample_id"]]), box_array(gt, geom),
-        gt["cls"].to_numpy(), gt["crowd"].to_numpy(), geometry=geom,
-    )  # fmt: skip
+    args, geom = ap_inputs(frame, gt, mode)
+    ap = mean_ap(*args, geometry=geom)
     return {
         "samples": len(y),
         "unit": "boxes",

@@ -273,18 +273,13 @@ def box_codes(data: ReportData, opts: Options) -> Section | None:
 def class_ap(data: ReportData, opts: Options) -> Section | None:
     import numpy as np
 
-    from ml_debugger.core.detection.evaluate import box_array, geometry
+    from ml_debugger.core.detection.evaluate import ap_inputs
     from ml_debugger.core.detection.metrics import IOUS, average_precision
 
     if data.gt is None:
         return None
-    f, g = data.frame, data.gt
-    geom = geometry(data.result.model.get("iou_mode", "xyxy"))
-    ids = {s: i for i, s in enumerate(sorted(set(f["sample_id"]) | set(g["sample_id"])))}
-    args = (
-        np.array([ids[s] for s in f["sample_id"]]), box_array(f, geom), f["label"].to_numpy(), f["score"].to_numpy(),
-        np.array([ids[s] for s in g["sample_id"]]), box_array(g, geom), g["cls"].to_numpy(), g["crowd"].to_numpy(),
-    )  # fmt: skip
+    g = data.gt
+    args, geom = ap_inputs(data.frame, g, data.result.model.get("iou_mode", "xyxy"))
     per_iou = [average_precision(*args, iou_threshold=t, geometry=geom) for t in IOUS]
     counts = dict(g.filter(~pl.col("crowd")).group_by("cls").len().iter_rows())
     rows = [
