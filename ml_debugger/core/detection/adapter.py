@@ -20,6 +20,7 @@ A model that breaks the protocol is refused with the key and the shape that are 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +76,30 @@ def rotated_bev_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return iou_matrix(a, b, mode="bev").to(a.dtype)
 
 
+def greedy_keep(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Greedy NMS on a suppression graph: nodes are ranks ``0..n-1`` (best first) and each edge
+    ``src[e] < dst[e]`` says "rank src overlaps rank dst above the threshold". Returns the kept mask.
+
+    Exact without a Python loop over boxes: iterate ``keep[j] = not any(keep[i] for edges i → j)``
+    to its fixed point; after t rounds the first t ranks are final, and in practice a few rounds
+    suffice. Long suppression chains (rare) finish with the plain greedy loop, one rank at a time."""
+    keep = np.ones(n, dtype=bool)
+    for _ in range(_ROUNDS):
+        hit = np.zeros(n, dtype=bool)
+        hit[dst[keep[src]]] = True
+        if np.array_equal(hit, ~keep):
+            return keep
+        keep = ~hit
+    order = np.argsort(src, kind="stable")
+    src, dst = src[order], dst[order]
+    bounds = np.searchsorted(src, np.arange(n + 1))
+    alive = np.ones(n, dtype=bool)
+    for i in range(n):
+        if alive[i]:
+            alive[dst[bounds[i] : bounds[i + 1]]] = False
+    return alive
+
+
 def nms(
     boxes: torch.Tensor,
     scores: torch.Tensor,
@@ -84,47 +109,16 @@ def nms(
     ious: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Indices of the boxes greedy per-class NMS keeps, best score first (ties: input order).
-
-    Exact greedy NMS without a Python loop over boxes: with ``S[i, j]`` = "box i (ranked before
-    j, same class) overlaps j above the threshold", iterate ``keep[j] = not any(keep[i] and
-    S[i, j])`` to its fixed point; after t rounds the first t ranks are final, and in practice a
-    few rounds suffice. ``ious``: the boxes' pairwise IoU, when already computed.
-    """
+    ``ious``: the boxes' pairwise IoU, when already computed (``greedy_keep`` does the rest)."""
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = torch.sort(scores, descending=True, stable=True).indices
     b, c = boxes[order], classes[order]
-    n = len(order)
     pairwise = iou_fn(b, b) if ious is None else ious[order][:, order]
-    suppress = (pairwise > iou_threshold) & (c[:, None] == c[None, :])
-    suppress = torch.triu(suppress, diagonal=1)
-    keep = torch.ones(n, dtype=torch.bool, device=boxes.device)
-    for _ in range(_ROUNDS):
-        new = ~(suppress & keep[:, None]).any(0)
-        if torch.equal(new, keep):
-            return order[keep]
-        keep = new
-    # Long suppression chains (rare): finish with the plain greedy loop, one rank at a time.
-    s = suppress.cpu().numpy()
-    alive = np.ones(n, dtype=bool)
-    for i in range(n):
-        if alive[i]:
-            alive[i + 1 :] &= ~s[i, i + 1 :]
-    return order[torch.from_numpy(alive).to(boxes.device)]
-
-
-def _per_image(output: Any, batch: int) -> list[dict[str, torch.Tensor]]:
-    if isinstance(output, dict):
-        missing = [k for k in KEYS if k not in output]
-        if missing:
-            raise ModelError(_protocol(f"the output dict has no {missing[0]!r}"))
-        n = {k: v.shape[0] for k, v in output.items() if isinstance(v, torch.Tensor)}
-        if any(v != batch for v in n.values()):
-            raise ModelError(_protocol(f"batched output leading sizes {n} ≠ the batch size {batch}"))
-        return [{k: v[i] for k, v in output.items() if isinstance(v, torch.Tensor)} for i in range(batch)]
-    if isinstance(output, (list, tuple)) and len(output) == batch and all(isinstance(o, dict) for o in output):
-        return list(output)
-    raise ModelError(_protocol(f"the model returned {type(output).__name__}, not a dict or a list of {batch} dicts"))
+    suppress = torch.triu((pairwise > iou_threshold) & (c[:, None] == c[None, :]), diagonal=1)
+    src, dst = torch.nonzero(suppress).cpu().numpy().T
+    keep = greedy_keep(len(order), src, dst)
+    return order[torch.from_numpy(keep).to(boxes.device)]
 
 
 def _protocol(problem: str) -> str:
@@ -134,40 +128,92 @@ def _protocol(problem: str) -> str:
     )
 
 
-def _check(o: dict[str, torch.Tensor], i: int, n_classes: int | None, box_dim: int = 4) -> tuple[torch.Tensor, ...]:
+def _softmax(logits: torch.Tensor) -> torch.Tensor:
+    # torch.softmax over a last dimension of a few classes is ~10× slower than these four operations.
+    e = (logits - logits.amax(-1, keepdim=True)).exp()
+    return e / e.sum(-1, keepdim=True)
+
+
+def _check(o: dict[str, Any], who: str, n_classes: int | None, box_dim: int, batched: bool) -> tuple[torch.Tensor, ...]:
+    """One image's candidates (``batched``: all images' as ``[B, N, ...]``), checked against the
+    protocol: ``boxes [..., N, box_dim]``, class probabilities ``[..., N, C]``, ``features [..., N, D]``."""
     for k in KEYS:
         if k not in o:
-            raise ModelError(_protocol(f"image {i} has no {k!r}"))
+            raise ModelError(_protocol(f"{who} has no {k!r}"))
     boxes, feats = o["boxes"], o["features"]
     cls_key = "logits" if "logits" in o else "scores" if "scores" in o else None
     if cls_key is None:
-        raise ModelError(_protocol(f"image {i} has neither 'logits' nor 'scores'"))
-    cls = o[cls_key]
-    n = boxes.shape[0] if boxes.ndim == 2 else -1
-    if boxes.ndim != 2 or boxes.shape[1] != box_dim:
-        raise ModelError(_protocol(f"image {i}: boxes has shape {tuple(boxes.shape)}, not [N, {box_dim}]"))
-    if cls.ndim != 2 or cls.shape[0] != n:
-        raise ModelError(_protocol(f"image {i}: {cls_key} has shape {tuple(cls.shape)}, not [{n}, C]"))
-    if n_classes is not None and cls.shape[1] != n_classes:
-        raise ModelError(_protocol(f"image {i}: {cls_key} has {cls.shape[1]} classes, expected {n_classes}"))
-    if feats.ndim != 2 or feats.shape[0] != n:
-        raise ModelError(_protocol(f"image {i}: features has shape {tuple(feats.shape)}, not [{n}, D]"))
-    probs = torch.softmax(cls.float(), -1) if cls_key == "logits" else cls.float()
+        raise ModelError(_protocol(f"{who} has neither 'logits' nor 'scores'"))
+    cls, nd, pre = o[cls_key], 3 if batched else 2, "B, " if batched else ""
+    n = boxes.shape[nd - 2] if boxes.ndim == nd else -1
+    if boxes.ndim != nd or boxes.shape[-1] != box_dim:
+        raise ModelError(_protocol(f"{who}: boxes has shape {tuple(boxes.shape)}, not [{pre}N, {box_dim}]"))
+    if cls.ndim != nd or cls.shape[nd - 2] != n:
+        raise ModelError(_protocol(f"{who}: {cls_key} has shape {tuple(cls.shape)}, not [{pre}{n}, C]"))
+    if n_classes is not None and cls.shape[-1] != n_classes:
+        raise ModelError(_protocol(f"{who}: {cls_key} has {cls.shape[-1]} classes, expected {n_classes}"))
+    if feats.ndim != nd or feats.shape[nd - 2] != n:
+        raise ModelError(_protocol(f"{who}: features has shape {tuple(feats.shape)}, not [{pre}{n}, D]"))
+    probs = _softmax(cls.float()) if cls_key == "logits" else cls.float()
     if "objectness" in o:
-        obj = o["objectness"].float().reshape(-1)
-        if obj.shape[0] != n:
-            raise ModelError(_protocol(f"image {i}: objectness has {obj.shape[0]} values for {n} boxes"))
-        probs = probs * obj[:, None]
-    return boxes.float(), probs, feats.float()
+        obj, n_boxes = o["objectness"].float(), boxes.shape[:-1].numel()
+        if obj.numel() != n_boxes:
+            raise ModelError(_protocol(f"{who}: objectness has {obj.numel()} values for {n_boxes} boxes"))
+        probs = probs * obj.reshape(*boxes.shape[:-1], 1)
+    return boxes, probs, feats
+
+
+def _candidates(output: Any, batch: int, n_classes: int | None, box_dim: int) -> tuple[Any, ...]:
+    """All images' candidates as ``[G, N, ...]`` tensors: the batched output as it is (G = batch,
+    nothing copied), or a list's images concatenated into one row (G = 1) starting at ``starts``."""
+    if isinstance(output, dict):
+        if any(k not in output for k in KEYS):
+            raise ModelError(_protocol(f"the output dict has no {next(k for k in KEYS if k not in output)!r}"))
+        n = {k: v.shape[0] for k, v in output.items() if isinstance(v, torch.Tensor)}
+        if any(v != batch for v in n.values()):
+            raise ModelError(_protocol(f"batched output leading sizes {n} ≠ the batch size {batch}"))
+        return (*_check(output, "the output dict", n_classes, box_dim, batched=True), None)
+    if isinstance(output, (list, tuple)) and len(output) == batch and all(isinstance(o, dict) for o in output):
+        parts = [_check(o, f"image {i}", n_classes, box_dim, batched=False) for i, o in enumerate(output)]
+        if not parts:
+            return torch.zeros(1, 0, box_dim), torch.zeros(1, 0, n_classes or 1), torch.zeros(1, 0, 1), np.zeros(1)
+        starts = np.cumsum([0] + [len(p[0]) for p in parts])
+        return (*(torch.cat([p[k] for p in parts])[None] for k in range(3)), starts)
+    raise ModelError(_protocol(f"the model returned {type(output).__name__}, not a dict or a list of {batch} dicts"))
+
+
+def _pairs(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair ``i < j`` of candidates of the same image (``image`` is sorted)."""
+    cuts = [0, *(np.flatnonzero(np.diff(image)) + 1).tolist(), len(image)]
+    ia, ib = [], []
+    for start, stop in itertools.pairwise(cuts):
+        i, j = np.triu_indices(stop - start, 1)
+        ia.append(i + start)
+        ib.append(j + start)
+    return np.concatenate(ia), np.concatenate(ib)
+
+
+def _pair_iou(boxes: torch.Tensor, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
+    """IoU of candidate pairs: xyxy boxes in float32 as ``box_iou``; 3D boxes by rotated BEV IoU."""
+    if boxes.shape[1] == 7:
+        from ml_debugger.core.detection.rotated import pair_iou
+
+        return pair_iou(boxes, ia, ib, mode="bev").numpy()
+    b = boxes.numpy()
+    p, q = b[ia], b[ib]
+    w = (np.minimum(p[:, 2], q[:, 2]) - np.maximum(p[:, 0], q[:, 0])).clip(min=0)
+    h = (np.minimum(p[:, 3], q[:, 3]) - np.maximum(p[:, 1], q[:, 1])).clip(min=0)
+    inter = w * h
+    area = (b[:, 2] - b[:, 0]).clip(min=0) * (b[:, 3] - b[:, 1]).clip(min=0)
+    union = area[ia] + area[ib] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0).astype(np.float32)
 
 
 def output_dims(output: Any, box_dim: int = 4) -> tuple[int, int]:
     """(classes, feature width) of a detector's output on a batch of one; a ModelError names what
     breaks the protocol."""
-    postprocess(output, 1, box_dim=box_dim)
-    first = _per_image(output, 1)[0]
-    cls = first["logits"] if "logits" in first else first["scores"]
-    return int(cls.shape[-1]), int(first["features"].shape[-1])
+    _, probs, feats, _ = _candidates(output, 1, None, box_dim)
+    return int(probs.shape[-1]), int(feats.shape[-1])
 
 
 def postprocess(
@@ -183,45 +229,53 @@ def postprocess(
     """Score threshold, per-class NMS and top-k on a detector's candidates, per image.
 
     2D boxes are ``[N, 4]`` xyxy; 3D boxes ``[N, 7]`` (``box_dim=7``: x, y, z, dx, dy, dz, yaw)
-    are suppressed and compared by their rotated bird's-eye-view IoU."""
-    checked = [_check(o, i, n_classes, box_dim) for i, o in enumerate(_per_image(output, batch))]
-    chosen = []
-    for _, probs, _ in checked:
-        scores, labels = probs.max(-1)
-        chosen.append((torch.nonzero(scores >= score_thresh).reshape(-1), scores, labels))
-    candidates = [boxes[idx] for (boxes, _, _), (idx, _, _) in zip(checked, chosen, strict=True)]
-    if box_dim == 7:
-        from ml_debugger.core.detection.rotated import self_iou
+    are suppressed and compared by their rotated bird's-eye-view IoU.
 
-        # Rotated IoU is costly: NMS and the candidate signals need same-class pairs only, so
-        # those are computed for every frame at once, then all pairs among the kept boxes.
-        same = [labels[idx].cpu() for idx, _, labels in chosen]
-        matrices = self_iou([c.detach().cpu() for c in candidates], same_class=same)
+    The whole batch is done at once: the candidates above the threshold (on the model's device),
+    then on the CPU the IoU of every pair of candidates of one image (one call, whatever the batch
+    size), kept sparse (pairs that touch); greedy NMS on that graph (``greedy_keep``) by
+    (image, class); top-k per image; and the overlap signals from the same pairs."""
+    boxes, probs, feats, starts = _candidates(output, batch, n_classes, box_dim)
+    scores, labels = probs.max(-1)
+    row, col = torch.nonzero(scores >= score_thresh, as_tuple=True)
+    if starts is None:  # batched: a row per image
+        image, index = row.cpu().numpy(), col.cpu().numpy()
     else:
-        matrices = [box_iou(b, b) for b in candidates]
-    locals_ = []
-    for (boxes, _, _), (idx, scores, labels), ious in zip(checked, chosen, matrices, strict=True):
-        locals_.append(
-            nms(boxes[idx], scores[idx], labels[idx], iou_thresh, ious=ious.to(boxes.device))[:max_detections]
-        )
-    if box_dim == 7:
-        kept_pairs = self_iou([c[loc].detach().cpu() for c, loc in zip(candidates, locals_, strict=True)])
-    else:
-        kept_pairs = [m[loc][:, loc] for m, loc in zip(matrices, locals_, strict=True)]
-    kept = []
-    for (boxes, probs, feats), (idx, scores, labels), ious, local, pairs in zip(
-        checked, chosen, matrices, locals_, kept_pairs, strict=True
-    ):
-        keep = idx[local]
-        ious = ious.to(boxes.device)[local].to(boxes.dtype)  # kept × candidates (same class where 3D)
-        near = (ious > iou_thresh) & (labels[keep][:, None] == labels[idx][None, :]) & (keep[:, None] != idx[None, :])
-        n_near = near.sum(1)
-        mean_iou = (ious * near).sum(1) / n_near.clamp(min=1)
-        others = pairs.to(device=boxes.device, dtype=boxes.dtype).clone().fill_diagonal_(0.0)
-        max_other = others.max(1).values if len(keep) > 1 else torch.zeros(len(keep), device=boxes.device)
-        kept.append(
-            Detections(
-                boxes[keep], probs[keep], labels[keep], scores[keep], feats[keep], keep, n_near, mean_iou, max_other
-            )
-        )
-    return kept
+        col_np = col.cpu().numpy()
+        image = np.searchsorted(starts, col_np, side="right") - 1
+        index = col_np - starts[image]
+    score, label = scores[row, col].cpu().numpy(), labels[row, col].cpu().numpy()
+    ia, ib = _pairs(image)
+    iou = _pair_iou(boxes[row, col].detach().float().cpu(), ia, ib)
+    touch = iou > 0
+    ia, ib, iou = ia[touch], ib[touch], iou[touch]
+    m = len(score)
+    order = np.argsort(-score, kind="stable")  # ties: image, then input order
+    rank = np.empty(m, dtype=np.int64)
+    rank[order] = np.arange(m)
+    over = (iou > iou_thresh) & (label[ia] == label[ib])
+    ra, rb = rank[ia[over]], rank[ib[over]]
+    kept = order[greedy_keep(m, np.minimum(ra, rb), np.maximum(ra, rb))]
+    # Each image's kept boxes, best first, at most max_detections of them.
+    kept = kept[np.argsort(image[kept], kind="stable")]
+    n_kept = np.bincount(image[kept], minlength=batch)
+    kept = kept[np.arange(len(kept)) - np.repeat(np.cumsum(n_kept) - n_kept, n_kept) < max_detections]
+    # Overlap signals: same-class candidates above the NMS IoU; the largest IoU with another kept box.
+    a, b, v = ia[over], ib[over], iou[over]
+    n_near = np.bincount(a, minlength=m) + np.bincount(b, minlength=m)
+    mean_iou = (np.bincount(a, v, m) + np.bincount(b, v, m)) / np.maximum(n_near, 1)
+    final = np.zeros(m, dtype=bool)
+    final[kept] = True
+    both = final[ia] & final[ib]
+    max_other = np.zeros(m)
+    np.maximum.at(max_other, ia[both], iou[both])
+    np.maximum.at(max_other, ib[both], iou[both])
+    dev = boxes.device
+    pick = torch.from_numpy(kept).to(dev)
+    r, c = row[pick], col[pick]
+    signals = (index[kept], n_near[kept], mean_iou[kept].astype(np.float32), max_other[kept].astype(np.float32))
+    columns = [boxes[r, c].float(), probs[r, c], labels[r, c], scores[r, c], feats[r, c].float(),
+               *(torch.from_numpy(np.ascontiguousarray(x)).to(dev) for x in signals)]  # fmt: skip
+    sizes = np.minimum(n_kept, max_detections).tolist()
+    split = [c.split(sizes) for c in columns]
+    return [Detections(*(c[i] for c in split)) for i in range(batch)]

@@ -88,3 +88,33 @@ def test_protocol_errors_name_the_key_and_shape(output: object, message: str) ->
     assert message in str(e.value)
     with pytest.raises(ModelError, match="has 3 classes, expected 4"):
         postprocess([_candidates()], 1, n_classes=4)
+
+
+@pytest.mark.parametrize("box_dim", [4, 7])
+def test_a_batch_is_post_processed_as_its_images_one_by_one(box_dim: int) -> None:
+    # The batch goes through one IoU call and one NMS graph: images must not mix, as dicts or a list.
+    g = torch.Generator().manual_seed(box_dim)
+    b, n = 5, 80
+    xy = torch.rand(b, n, 2, generator=g) * 30
+    if box_dim == 4:
+        boxes = torch.cat([xy, xy + torch.rand(b, n, 2, generator=g) * 10 + 1], -1)
+    else:
+        boxes = torch.cat([xy, torch.zeros(b, n, 1), torch.rand(b, n, 3, generator=g) * 4 + 0.5,
+                           torch.rand(b, n, 1, generator=g) * 6.28], -1)  # fmt: skip
+    out = {
+        "boxes": boxes,
+        "logits": torch.randn(b, n, 3, generator=g) * 2,
+        "features": torch.randn(b, n, 6, generator=g),
+    }
+    kw = {"score_thresh": 0.4, "iou_thresh": 0.3, "max_detections": 7, "box_dim": box_dim}
+    batched = postprocess(out, b, **kw)  # type: ignore[arg-type]
+    listed = postprocess([{k: v[i] for k, v in out.items()} for i in range(b)], b, **kw)  # type: ignore[arg-type]
+    for i in range(b):
+        (alone,) = postprocess({k: v[i : i + 1] for k, v in out.items()}, 1, **kw)  # type: ignore[arg-type]
+        for got in (batched[i], listed[i]):
+            for field in alone.__dataclass_fields__:
+                assert torch.equal(getattr(got, field), getattr(alone, field)), field
+        assert 0 < len(alone.index) <= 7
+    assert (
+        sum(int(d.n_candidates.sum()) for d in batched) > 0 and sum(float(d.max_iou_other.sum()) for d in batched) > 0
+    )

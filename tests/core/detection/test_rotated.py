@@ -1,13 +1,14 @@
-"""Rotated BEV and 3D IoU against shapely polygons, random and special cases."""
+"""Rotated BEV and 3D IoU against shapely polygons, random and special cases; points per box."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from ml_debugger.core.detection.rotated import bev_corners, iou_matrix, paired_iou
+from ml_debugger.core.detection.rotated import bev_corners, iou_matrix, paired_iou, points_in_boxes
 
 shapely = pytest.importorskip("shapely")
 
@@ -63,6 +64,13 @@ CASES = [
     (_box(0, 0, 2, 2), _box(0, 0, 2, 2, z=1.0)),  # touching vertically: 3D IoU 0, BEV 1
     (_box(0, 0, 2, 0), _box(0, 0, 2, 2)),  # degenerate: no area
     (_box(0, 0, 3, 1), _box(0, 0, 3, 1, math.pi / 2)),  # a cross
+    (_box(0, 0, 4, 4), _box(1, 0, 2, 4)),  # nested, sharing two edges
+    (_box(0, 0, 4, 4), _box(-1, -1, 2, 2, math.pi / 2)),  # nested in a corner, turned a quarter
+    (_box(0, 0, 2, 2), _box(1, 0, 2, 2)),  # edges on the same lines, half overlapping
+    (_box(0, 0, 2, 2), _box(0, 1, 2, 2, math.pi)),  # the same, turned around
+    (_box(0, 0, 4, 4, 0.3), _box(0, 0, 4, 4, 0.3 + math.pi / 2)),  # the same square, rotated
+    (_box(1, 1, 0, 0), _box(0, 0, 4, 4)),  # a point inside
+    (_box(0, 0, 2, 0), _box(0, 0, 2, 0)),  # two equal segments
 ]
 
 
@@ -137,3 +145,30 @@ def test_3d_matching_does_not_depend_on_the_scene_heading() -> None:
     c = codes(s["pi"], pb, s["pc"], s["gi"], gb, s["gc"], turned, geometry=ROTATED_3D)
     c0 = codes(s["pi"], s["pb3"], s["pc"], s["gi"], s["gb3"], s["gc"], base, geometry=ROTATED_3D)
     assert (c.code == c0.code).all()
+
+
+def _points_in_boxes_reference(points: np.ndarray, boxes: np.ndarray) -> list[int]:
+    """One box at a time, in float64, every point."""
+    counts = []
+    for b in boxes.astype(np.float64):
+        d = points[:, :3].astype(np.float64) - b[:3]
+        c, s = math.cos(b[6]), math.sin(b[6])
+        lx, ly = d[:, 0] * c + d[:, 1] * s, d[:, 1] * c - d[:, 0] * s
+        counts.append(int(((abs(lx) <= b[3] / 2) & (abs(ly) <= b[4] / 2) & (abs(d[:, 2]) <= b[5] / 2)).sum()))
+    return counts
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_points_in_boxes_equals_a_plain_count(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n, k = 20_000, 30
+    points = np.column_stack([rng.uniform(-40, 40, (n, 2)), rng.uniform(-2, 3, n), rng.uniform(0, 1, n)])
+    boxes = np.column_stack([rng.uniform(-40, 40, (k, 2)), rng.uniform(-1, 1, k), rng.uniform(0.2, 8, (k, 3)),
+                             rng.uniform(-4, 4, k)])  # fmt: skip
+    if seed == 3:  # one box very far away: too large a grid, so every point is tested
+        boxes[0, :2] = 1e7
+    points, boxes = points.astype(np.float32), boxes.astype(np.float32)
+    got = points_in_boxes(points, boxes).tolist()
+    assert got == _points_in_boxes_reference(points, boxes)
+    assert sum(got) > 100
+    assert points_in_boxes(points[:0], boxes).tolist() == [0] * k
