@@ -179,19 +179,18 @@ def points_in_boxes(points: torch.Tensor | np.ndarray, boxes: torch.Tensor | np.
     c, s = np.cos(b[:, 6]), np.sin(b[:, 6])
     reach = np.stack([np.abs(b[:, 3] * c) + np.abs(b[:, 4] * s), np.abs(b[:, 3] * s) + np.abs(b[:, 4] * c)], 1) / 2
     lo, hi = b[:, :2] - reach - 0.01, b[:, :2] + reach + 0.01  # a margin for rounding
-    origin = lo.min(0)
-    cells = np.floor((hi.max(0) - origin) / GRID_CELL).astype(np.int64) + 1
+    origin = lo.min(0) - GRID_CELL  # a border of unmarked cells takes the points off the grid
+    cells = np.floor((hi.max(0) - origin) / GRID_CELL).astype(np.int64) + 2
     if np.isfinite(lo).all() and np.isfinite(hi).all() and cells.prod() <= GRID_MAX_CELLS:
         first = np.floor((lo - origin) / GRID_CELL).astype(np.int64)
         last = np.floor((hi - origin) / GRID_CELL).astype(np.int64)
         marked = np.zeros((cells[1], cells[0]), dtype=bool)
         for (x0, y0), (x1, y1) in zip(first.tolist(), last.tolist(), strict=True):
             marked[y0 : y1 + 1, x0 : x1 + 1] = True
-        ix = np.floor((p[:, 0] - origin[0]) / GRID_CELL)
-        iy = np.floor((p[:, 1] - origin[1]) / GRID_CELL)
-        near = np.flatnonzero((ix >= 0) & (ix < cells[0]) & (iy >= 0) & (iy < cells[1]))
-        near = near[marked[iy[near].astype(np.int64), ix[near].astype(np.int64)]]
-        p = p[near]
+        # fmax/fmin send NaN to the border too
+        ix = np.fmin(np.fmax((p[:, 0] - origin[0]) / GRID_CELL, 0), cells[0] - 1).astype(np.intp)
+        iy = np.fmin(np.fmax((p[:, 1] - origin[1]) / GRID_CELL, 0), cells[1] - 1).astype(np.intp)
+        p = p[marked.ravel()[iy * cells[0] + ix]]
     px, py, pz = (p[None, :, i].astype(np.float32, copy=False) for i in range(3))
     step = max(1, (1 << 22) // max(len(p), 1))
     for start in range(0, len(b), step):

@@ -104,15 +104,15 @@ class StoreBase:
                 ) from None
 
     def _schema_version(self) -> int:
-        has_meta = self._one("SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'")
-        if not has_meta:
+        try:  # one query where the file is an mldbg database, as it nearly always is
+            version = self._one("SELECT value FROM meta WHERE key = 'schema_version'")
+        except (duckdb.CatalogException, duckdb.BinderException):
             if self._one("SELECT count(*) FROM information_schema.tables"):
                 raise StoreError(
                     f"{self.path} is a DuckDB file but not an mldbg database (no meta table); "
                     "point --db to another file"
-                )
+                ) from None
             return 0
-        version = self._one("SELECT value FROM meta WHERE key = 'schema_version'")
         return int(version) if version is not None else 0
 
     def _check_schema(self, timeout: float) -> None:
