@@ -86,24 +86,28 @@ def _clipped_area(ra: torch.Tensor, rb: torch.Tensor) -> torch.Tensor:
 def _intersection(boxes: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor) -> torch.Tensor:
     """BEV intersection areas of the pairs ``(boxes[ia[k]], boxes[ib[k]])``: ``[P]``, float64.
 
-    Footprints are computed once per box. Pairs whose axis-aligned extents do not meet, or with
-    a footprint of no area, are 0 without further work (in a scene most pairs are far apart)."""
-    corners = bev_corners(boxes)
-    lo, hi = corners.amin(1), corners.amax(1)
+    Pairs whose circumscribed circles, then axis-aligned extents, do not meet, or with a
+    footprint of no area, are 0 without further work (in a scene most pairs are far apart)."""
+    reach = boxes[:, 3].hypot(boxes[:, 4]) / 2
     solid = (boxes[:, 3] > 0) & (boxes[:, 4] > 0)
-    meet = ((lo[ia] <= hi[ib] + _EPS) & (lo[ib] <= hi[ia] + _EPS)).all(1) & solid[ia] & solid[ib]
-    near = torch.nonzero(meet).reshape(-1)
+    gap = boxes[ia, :2] - boxes[ib, :2]
+    close = (gap * gap).sum(1) <= (reach[ia] + reach[ib]) ** 2 + _EPS
+    near = torch.nonzero(close & solid[ia] & solid[ib]).reshape(-1)
     out = torch.zeros(len(ia), dtype=torch.float64)
     for start in range(0, len(near), CHUNK):
         idx = near[start : start + CHUNK]
-        out[idx] = _clipped_area(corners[ia[idx]], corners[ib[idx]])
+        ra, rb = bev_corners(boxes[ia[idx]]), bev_corners(boxes[ib[idx]])
+        # Footprints whose axis-aligned extents do not meet cannot overlap either (tighter than
+        # the circles for long, turned boxes).
+        meet = ((ra.amin(1) <= rb.amax(1) + _EPS) & (rb.amin(1) <= ra.amax(1) + _EPS)).all(1)
+        out[idx[meet]] = _clipped_area(ra[meet], rb[meet])
     return out
 
 
 def pair_iou(boxes: torch.Tensor | np.ndarray, ia: torch.Tensor | np.ndarray, ib: torch.Tensor | np.ndarray,
              *, mode: str = "3d") -> torch.Tensor:  # fmt: skip
     """IoU of the pairs ``(boxes[ia[k]], boxes[ib[k]])`` of ``boxes [M, 7]``: ``"bev"`` (footprints)
-    or ``"3d"``; ``[P]`` float64. Each box's footprint is computed once, however many pairs it is in."""
+    or ``"3d"``; ``[P]`` float64."""
     if mode not in ("bev", "3d"):
         raise ValueError(f"mode must be 'bev' or '3d', not {mode!r}")
     b = torch.as_tensor(boxes).to(torch.float64)
