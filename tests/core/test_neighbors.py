@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ml_debugger.core import neighbors as N
 
@@ -42,6 +43,32 @@ def test_leave_one_out_signals_match_brute_force(monkeypatch) -> None:
     # the bank's own OOD scores are its percentiles: spread evenly over [0, 1]
     assert 0 <= sig["ood_score"].min() < 0.01 and 0.99 < sig["ood_score"].max() <= 1
     assert abs(float(np.mean(sig["ood_score"])) - 0.5) < 0.01
+
+
+@pytest.mark.parametrize("unequal", [False, True])
+def test_class_ratio_matches_brute_force(unequal: bool) -> None:
+    # Balanced classes go through one padded top-k ([queries, classes, widest class]); very
+    # unequal ones (padding would more than double the bank) through a loop over classes.
+    # Both: a class of 2 samples (fewer than CLASS_K) and an empty class.
+    c = 6
+    x, y = _data(n=4000 if unequal else 400, c=c, seed=1)
+    y = np.where(y == 5, 4, y)  # class 5 empty
+    y[:2], y[2:][y[2:] == 3] = 3, 2  # class 3: two samples
+    if unequal:
+        y[10:][y[10:] != 3] = 0  # nearly everything in class 0
+    bank, _ = N.build_bank(x, y, c, k=5)
+    assert (bank.class_slots is None) == unequal
+    queries, pred = x[:60] + 0.05, (y[:60] + np.arange(60)) % c
+    sig = N.knn_signals(queries, pred, bank)
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    b = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = q @ b.T
+    mean_k = np.array([[np.sort(row[y == k])[::-1][: N.CLASS_K].mean() if (y == k).any() else -2.0 for k in range(c)]
+                       for row in sims])  # fmt: skip
+    dist = np.sqrt(np.clip(2 - 2 * np.clip(mean_k, -1, 1), 0, None))
+    d_pred = dist[np.arange(60), pred]
+    d_other = np.where(np.eye(c, dtype=bool)[pred], np.inf, dist).min(1)
+    assert np.allclose(sig["class_ratio"], (d_other + 1e-6) / (d_pred + 1e-6), rtol=1e-4)
 
 
 def test_queries_far_from_the_bank_get_high_ood_scores() -> None:
