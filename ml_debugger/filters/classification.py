@@ -132,7 +132,7 @@ class ClassificationDataFilter:
             self.scorer: Scorer = load_scorer(store, self.result)
         self.model = model.to(device) if device is not None else model
         self.model_name, self.version_name = model_name, version_name
-        self.last: pl.DataFrame | None = None
+        self._last: tuple[list[Any], dict[str, Any]] | pl.DataFrame | None = None
         self._counter = itertools.count()
         self._hook = FeatureHook(self.model, target_layers, layer)
         self._stability = StabilityConfig(**eval_run.settings["stability"]) if stability else None
@@ -166,16 +166,7 @@ class ClassificationDataFilter:
         out, logits, feats = self._hook(x)
         extra = self._perturbed(x, [str(i) for i in input_ids], logits, feats) if self._stability else {}
         cols = self._score(logits, feats, extra)
-        self.last = pl.DataFrame(
-            {
-                "input_ids": list(input_ids),
-                "error_proba": cols["error_proba"],
-                "zone": cols["zone"].astype(str),
-                "confidence": cols["confidence"],
-                "predicted": cols["predicted"].astype(str),
-                "ood_score": cols["ood_score"],
-            }
-        )
+        self._last = (list(input_ids), cols)  # a frame only when ``last`` is read
         if self._recorder is not None:
             ids = [str(i) for i in input_ids]
             self._recorder.record(ids, [None] * n, logits, feats, "pool", extra or None)
@@ -183,6 +174,23 @@ class ClassificationDataFilter:
         if self.config is None:
             return out, [None] * n
         return out, list(self.config.flags(cols))
+
+    @property
+    def last(self) -> pl.DataFrame | None:
+        """The last call's inputs: input_ids, error_proba, zone, confidence, predicted, ood_score."""
+        if isinstance(self._last, tuple):
+            ids, cols = self._last
+            self._last = pl.DataFrame(
+                {
+                    "input_ids": ids,
+                    "error_proba": cols["error_proba"],
+                    "zone": cols["zone"].astype(str),
+                    "confidence": cols["confidence"],
+                    "predicted": cols["predicted"].astype(str),
+                    "ood_score": cols["ood_score"],
+                }
+            )
+        return self._last
 
     def close(self) -> str | None:
         """Finish the recorded run (``record=True``): commit it and store its scores; its name."""
