@@ -86,21 +86,37 @@ def _clipped_area(ra: torch.Tensor, rb: torch.Tensor) -> torch.Tensor:
 def _intersection(boxes: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor) -> torch.Tensor:
     """BEV intersection areas of the pairs ``(boxes[ia[k]], boxes[ib[k]])``: ``[P]``, float64.
 
-    Pairs whose circumscribed circles, then axis-aligned extents, do not meet, or with a
-    footprint of no area, are 0 without further work (in a scene most pairs are far apart)."""
-    reach = boxes[:, 3].hypot(boxes[:, 4]) / 2
+    Pairs whose footprints cannot meet, or with a footprint of no area, are 0 without further
+    work (in a scene most pairs are far apart). When boxes are in many pairs (a frame's
+    candidates, a matrix) each footprint is computed once and pairs are tested by their
+    axis-aligned extents; when each pair has its own boxes, by their circumscribed circles
+    first, so that far pairs never have their corners computed."""
     solid = (boxes[:, 3] > 0) & (boxes[:, 4] > 0)
-    gap = boxes[ia, :2] - boxes[ib, :2]
-    close = (gap * gap).sum(1) <= (reach[ia] + reach[ib]) ** 2 + _EPS
-    near = torch.nonzero(close & solid[ia] & solid[ib]).reshape(-1)
+    if 2 * len(ia) > len(boxes):
+        corners = bev_corners(boxes)
+        lo, hi = corners.amin(1), corners.amax(1)
+        meet = ((lo[ia] <= hi[ib] + _EPS) & (lo[ib] <= hi[ia] + _EPS)).all(1)
+        near = torch.nonzero(meet & solid[ia] & solid[ib]).reshape(-1)
+
+        def footprints(idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return idx, corners[ia[idx]], corners[ib[idx]]
+    else:
+        reach = boxes[:, 3].hypot(boxes[:, 4]) / 2
+        gap = boxes[ia, :2] - boxes[ib, :2]
+        close = (gap * gap).sum(1) <= (reach[ia] + reach[ib]) ** 2 + _EPS
+        near = torch.nonzero(close & solid[ia] & solid[ib]).reshape(-1)
+
+        def footprints(idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            ra, rb = bev_corners(boxes[ia[idx]]), bev_corners(boxes[ib[idx]])
+            # Circles that meet can still hold footprints whose axis-aligned extents do not.
+            meet = ((ra.amin(1) <= rb.amax(1) + _EPS) & (rb.amin(1) <= ra.amax(1) + _EPS)).all(1)
+            return idx[meet], ra[meet], rb[meet]
+
     out = torch.zeros(len(ia), dtype=torch.float64)
     for start in range(0, len(near), CHUNK):
         idx = near[start : start + CHUNK]
-        ra, rb = bev_corners(boxes[ia[idx]]), bev_corners(boxes[ib[idx]])
-        # Footprints whose axis-aligned extents do not meet cannot overlap either (tighter than
-        # the circles for long, turned boxes).
-        meet = ((ra.amin(1) <= rb.amax(1) + _EPS) & (rb.amin(1) <= ra.amax(1) + _EPS)).all(1)
-        out[idx[meet]] = _clipped_area(ra[meet], rb[meet])
+        idx, ra, rb = footprints(idx)
+        out[idx] = _clipped_area(ra, rb)
     return out
 
 
