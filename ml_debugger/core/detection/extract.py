@@ -180,7 +180,7 @@ def box_columns(dets: list[Detections]) -> dict[str, Any]:
         "columns": {
             "label": cat["label"].astype(np.int32),
             "score": cat["score"].astype(np.float32),
-            "probs": pl.Series(probs, dtype=pl.Array(pl.Float32, max(n_cls, 1))).cast(pl.List(pl.Float32)),
+            "probs": probs,
             "entropy": entropy.astype(np.float32),
             "margin": (top2[:, 1] - top2[:, 0]).astype(np.float32),
             "n_candidates": cat["n"].astype(np.int32),
@@ -191,45 +191,74 @@ def box_columns(dets: list[Detections]) -> dict[str, Any]:
     }
 
 
-def _frames(ids: list[str], paths: list[str], sizes: list[tuple[int, int]], dets: list[Detections],
-            scale: list[tuple[float, float]]) -> dict[str, Any]:  # fmt: skip
-    """Rows of one batch: samples, images, boxes (in each image's own pixels) and features."""
+def _columns(ids: list[str], paths: list[str], sizes: list[tuple[int, int]], dets: list[Detections],
+             scale: list[tuple[float, float]]) -> dict[str, Any]:  # fmt: skip
+    """Columns of one batch (``tables`` makes the rows): samples, images, boxes (in each image's
+    own pixels) and features."""
     cols = box_columns(dets)
     at = cols["sample_index"]
     wh = np.array(sizes, dtype=np.float32).reshape(-1, 2)[at]
     sxy = np.array(scale, dtype=np.float32).reshape(-1, 2)[at]
     xyxy = np.clip(cols["boxes"] * np.tile(sxy, 2), 0, np.tile(wh, 2))
-    boxes = pl.DataFrame(
-        {
-            "sample_id": pl.Series([ids[i] for i in at], dtype=pl.String),
-            "box": pl.Series(cols["box"], dtype=pl.Int32),
-            **{c: xyxy[:, j] for j, c in enumerate(("x1", "y1", "x2", "y2"))},
-            **cols["columns"],
-        }
-    )
-    no_label = pl.Series([None] * len(ids), dtype=pl.Int32)
+    size = np.array(sizes, dtype=np.int32).reshape(-1, 2)
     return {
-        "samples": pl.DataFrame({"sample_id": ids, "path": paths, "label": no_label}),
-        "images": pl.DataFrame(
-            {"sample_id": ids, "width": [s[0] for s in sizes], "height": [s[1] for s in sizes],
-             "n_boxes": [len(d.index) for d in dets]},
-            schema={"sample_id": pl.String, "width": pl.Int32, "height": pl.Int32, "n_boxes": pl.Int32},
-        ),
-        "boxes": boxes,
+        "samples": sample_columns(ids, paths),
+        "images": {"sample_id": ids, "width": size[:, 0], "height": size[:, 1],
+                   "n_boxes": np.array([len(d.index) for d in dets], dtype=np.int32)},
+        "boxes": {"sample_id": [ids[i] for i in at], "box": cols["box"].astype(np.int32),
+                  **{c: xyxy[:, j] for j, c in enumerate(("x1", "y1", "x2", "y2"))}, **cols["columns"]},
         "features": cols["features"],
     }  # fmt: skip
+
+
+def _frames(ids: list[str], paths: list[str], sizes: list[tuple[int, int]], dets: list[Detections],
+            scale: list[tuple[float, float]]) -> dict[str, Any]:  # fmt: skip
+    """Rows of one batch: samples, images, boxes (in each image's own pixels) and features."""
+    return tables([_columns(ids, paths, sizes, dets, scale)])
+
+
+def sample_columns(ids: list[str], paths: list[str]) -> dict[str, Any]:
+    """``samples`` columns of unlabelled inputs (detection labels live in ``gt_boxes``)."""
+    return {"sample_id": ids, "path": paths, "label": pl.Series("label", [None] * len(ids), dtype=pl.Int32)}
+
+
+TABLES = ("samples", "images", "boxes", "skipped")
+
+
+def tables(batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rows of several batches' columns, one frame per table (built once per commit, not per
+    batch): NumPy columns are concatenated, 2D ones become list columns (``probs``), lists are
+    string columns, Polars series are stacked, and so are tables already given as frames."""
+    out: dict[str, Any] = {}
+    for key in TABLES:
+        parts = [b[key] for b in batches if b.get(key) is not None]
+        if not parts or isinstance(parts[0], pl.DataFrame):
+            out[key] = pl.concat(parts) if parts else None
+            continue
+        data: dict[str, Any] = {}
+        for col in parts[0]:
+            values = [p[col] for p in parts]
+            if isinstance(values[0], pl.Series):
+                data[col] = pl.concat(values)
+            elif not isinstance(values[0], np.ndarray):
+                data[col] = pl.Series(col, [v for part in values for v in part], dtype=pl.String)
+            elif values[0].ndim == 2:
+                joined = np.concatenate(values)
+                width = max(joined.shape[1], 1)
+                data[col] = pl.Series(col, joined, dtype=pl.Array(pl.Float32, width)).cast(pl.List(pl.Float32))
+            else:
+                data[col] = np.concatenate(values)
+        out[key] = pl.DataFrame(data)
+    feats = [b["features"] for b in batches if b.get("features") is not None and len(b["features"])]
+    out["features"] = np.concatenate(feats) if feats else None
+    return out
 
 
 class _Writer(BatchWriter):
     """The classification writer's thread and timing, committing detection frames."""
 
     def _commit(self, pending: list[Any]) -> None:
-        merged: dict[str, Any] = {}
-        for key in ("samples", "images", "boxes", "skipped"):
-            frames = [p[key] for p in pending if p.get(key) is not None]
-            merged[key] = pl.concat(frames) if frames else None
-        feats = [p["features"] for p in pending if p.get("features") is not None and len(p["features"])]
-        merged["features"] = np.concatenate(feats) if feats else None
+        merged = tables(pending)
         with Store(self.db) as store:
             store.con.execute("SET threads = 1")
             store.write_detection_batch(self.run, **merged)
@@ -376,7 +405,7 @@ def _run_batches(req: DetectionRequest, model: Any, device: torch.device, ds: De
             )  # fmt: skip
             dets = [_cpu(d) for d in dets]
             scale = [(w / x.shape[3], h / x.shape[2]) if req.image_size else (1.0, 1.0) for w, h in sizes]
-            frames = _frames([ds.sample_ids[i] for i in rows], [ds.paths[i] for i in rows], sizes, dets, scale)
+            frames = _columns([ds.sample_ids[i] for i in rows], [ds.paths[i] for i in rows], sizes, dets, scale)
             n_new += len(rows)
         if failed:
             frames["skipped"] = skipped_rows(ds.sample_ids, ds.paths, todo, failed)

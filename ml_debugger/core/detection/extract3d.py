@@ -33,7 +33,9 @@ from ml_debugger.core.detection.extract import (
     load_detector,
     run_classes,
     run_info,
+    sample_columns,
     skipped_rows,
+    tables,
 )
 from ml_debugger.core.detection.lidar import FrameDataset, load_points, open_frames
 from ml_debugger.core.detection.rotated import bev_extent, points_in_boxes
@@ -95,32 +97,28 @@ def _collate(items: list[tuple[int, np.ndarray | None, str | None]]) -> tuple[li
     return [i for i, _ in ok], [p for _, p in ok], failed
 
 
-def frames3d(ids: list[str], paths: list[str], points: list[np.ndarray], dets: list[Detections]) -> dict[str, Any]:
-    """Rows of one batch of frames: samples, frames (``images`` rows), boxes and features."""
+def columns3d(ids: list[str], paths: list[str], points: list[np.ndarray], dets: list[Detections]) -> dict[str, Any]:
+    """Columns of one batch of frames (``tables`` makes the rows): samples, frames (``images``
+    rows), boxes and features."""
     cols = box_columns(dets)
     box7 = cols["boxes"].reshape(-1, 7)
     extent = bev_extent(box7).astype(np.float32)
     inside = [points_in_boxes(p, d.boxes) for p, d in zip(points, dets, strict=True)]
-    boxes = pl.DataFrame(
-        {
-            "sample_id": pl.Series([ids[i] for i in cols["sample_index"]], dtype=pl.String),
-            "box": pl.Series(cols["box"], dtype=pl.Int32),
-            **{c: extent[:, j] for j, c in enumerate(("x1", "y1", "x2", "y2"))},
-            **cols["columns"],
-            **{c: box7[:, j].astype(np.float32) for j, c in enumerate(BOX7)},
-            "n_points": pl.Series(torch.cat(inside).numpy() if inside else [], dtype=pl.Int32),
-        }
-    )
-    no_label = pl.Series([None] * len(ids), dtype=pl.Int32)
     return {
-        "samples": pl.DataFrame({"sample_id": ids, "path": paths, "label": no_label}),
-        "images": pl.DataFrame(
-            {"sample_id": ids, "n_boxes": [len(d.index) for d in dets], "n_points": [len(p) for p in points]},
-            schema={"sample_id": pl.String, "n_boxes": pl.Int32, "n_points": pl.Int32},
-        ),
-        "boxes": boxes,
+        "samples": sample_columns(ids, paths),
+        "images": {"sample_id": ids, "n_boxes": np.array([len(d.index) for d in dets], dtype=np.int32),
+                   "n_points": np.array([len(p) for p in points], dtype=np.int32)},
+        "boxes": {"sample_id": [ids[i] for i in cols["sample_index"]], "box": cols["box"].astype(np.int32),
+                  **{c: extent[:, j] for j, c in enumerate(("x1", "y1", "x2", "y2"))}, **cols["columns"],
+                  **{c: box7[:, j].astype(np.float32) for j, c in enumerate(BOX7)},
+                  "n_points": (torch.cat(inside).numpy() if inside else np.zeros(0)).astype(np.int32)},
         "features": cols["features"],
-    }
+    }  # fmt: skip
+
+
+def frames3d(ids: list[str], paths: list[str], points: list[np.ndarray], dets: list[Detections]) -> dict[str, Any]:
+    """Rows of one batch of frames: samples, frames (``images`` rows), boxes and features."""
+    return tables([columns3d(ids, paths, points, dets)])
 
 
 def gt_frame(boxes: pl.DataFrame) -> pl.DataFrame:
@@ -211,7 +209,7 @@ def _run_batches(req: Detection3DRequest, model: Any, device: torch.device, ds: 
                 model, [torch.from_numpy(p).to(device) for p in points], n_cls, score_thresh=req.score_thresh,
                 iou_thresh=req.iou_thresh, max_detections=req.max_detections,
             )  # fmt: skip
-            frames = frames3d([ds.sample_ids[i] for i in rows], [ds.paths[i] for i in rows], points, dets)
+            frames = columns3d([ds.sample_ids[i] for i in rows], [ds.paths[i] for i in rows], points, dets)
             n_new += len(rows)
         if failed:
             frames["skipped"] = skipped_rows(ds.sample_ids, ds.paths, todo, failed)
