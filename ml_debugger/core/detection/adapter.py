@@ -33,6 +33,8 @@ from ml_debugger.errors import ModelError
 KEYS = ("boxes", "features")
 # Fixed-point rounds of the vectorised NMS before it falls back to the sequential loop.
 _ROUNDS = 16
+# Candidate pairs whose 2D IoU is computed at once.
+_PAIR_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -200,13 +202,17 @@ def _pair_iou(boxes: torch.Tensor, ia: np.ndarray, ib: np.ndarray) -> np.ndarray
 
         return pair_iou(boxes, ia, ib, mode="bev").numpy()
     b = boxes.numpy()
-    p, q = b[ia], b[ib]
-    w = (np.minimum(p[:, 2], q[:, 2]) - np.maximum(p[:, 0], q[:, 0])).clip(min=0)
-    h = (np.minimum(p[:, 3], q[:, 3]) - np.maximum(p[:, 1], q[:, 1])).clip(min=0)
-    inter = w * h
     area = (b[:, 2] - b[:, 0]).clip(min=0) * (b[:, 3] - b[:, 1]).clip(min=0)
-    union = area[ia] + area[ib] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0).astype(np.float32)
+    out = np.zeros(len(ia), dtype=np.float32)
+    for start in range(0, len(ia), _PAIR_CHUNK):  # chunks bound memory for images with many candidates
+        i, j = ia[start : start + _PAIR_CHUNK], ib[start : start + _PAIR_CHUNK]
+        p, q = b[i], b[j]
+        w = (np.minimum(p[:, 2], q[:, 2]) - np.maximum(p[:, 0], q[:, 0])).clip(min=0)
+        h = (np.minimum(p[:, 3], q[:, 3]) - np.maximum(p[:, 1], q[:, 1])).clip(min=0)
+        inter = w * h
+        union = area[i] + area[j] - inter
+        out[start : start + len(i)] = np.where(union > 0, inter / np.maximum(union, 1e-12), 0)
+    return out
 
 
 def output_dims(output: Any, box_dim: int = 4) -> tuple[int, int]:
