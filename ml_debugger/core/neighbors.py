@@ -215,19 +215,26 @@ def _search(queries: torch.Tensor, bank: Bank, *, exclude_self: bool) -> dict:
             # Row i of the chunk is bank sample start + i, now at position inv[start + i].
             rows = torch.arange(stop - start)
             sims[rows, inv[start:stop]] = -3.0
-        top = sims.topk(k, dim=1)
-        neighbor_labels[start:stop] = bank.labels[order[top.indices]]
-        kth[start:stop] = top.values[:, -1]
         if slots is not None:
+            # One top-k per class, padded to the widest class. The k nearest overall are among
+            # the k nearest of their own class, so a top-k of those few gives them and their labels.
             columns, sizes = slots
+            width = min(max(k, CLASS_K), columns.shape[1])
             filler = sims.new_full((stop - start, 1), _FILLER)
-            near = torch.cat([sims, filler], 1)[:, columns].topk(min(CLASS_K, columns.shape[1]), dim=2).values
+            per_class = torch.cat([sims, filler], 1)[:, columns].topk(width, dim=2).values  # [rows, C, width]
+            top = per_class.flatten(1).topk(k, dim=1)
+            neighbor_labels[start:stop] = torch.div(top.indices, width, rounding_mode="floor")
+            kth[start:stop] = top.values[:, -1]
+            near = per_class[:, :, :CLASS_K]
             counted = torch.arange(near.shape[2]) < sizes.clamp(max=CLASS_K)[:, None]  # [C, k]
             some = sizes > 0
             class_sim[start:stop] = torch.where(some, near[:, :, 0], -2.0)
             mean_k = (near * counted).sum(2) / sizes.clamp(min=1, max=CLASS_K)
             class_sim_k[start:stop] = torch.where(some, mean_k, -2.0)
             continue
+        top = sims.topk(k, dim=1)
+        neighbor_labels[start:stop] = bank.labels[order[top.indices]]
+        kth[start:stop] = top.values[:, -1]
         for c in range(bank.n_classes):
             lo, hi = bounds_list[c], bounds_list[c + 1]
             if hi > lo:
