@@ -26,6 +26,21 @@ from ml_debugger.core.store import Store
 # Batches waiting for the writer thread; bounds memory when the disk is slower than the model.
 _MAX_QUEUED = 8
 _STOP = object()
+# From this many rows, a commit's closing checkpoint skips DuckDB's row-group vacuum (see below).
+VACUUM_BELOW_ROWS = 4096
+
+
+def commit_settings(frames: dict[str, Any]) -> dict[str, int | str]:
+    """DuckDB settings for one extraction commit of ``frames`` (the tables' rows).
+
+    One thread: the model's forward pass has the cores. And a commit of many rows keeps its own
+    row group: DuckDB's checkpoint otherwise merges the small row groups of earlier commits
+    again and again (each commit appends a new one; the merges re-wrote 1, 2, 1, 4, 1, 2, 1, 8
+    commits' worth of rows), which doubled the cost of a commit. Small commits (a slow model)
+    still merge, so a long run never piles up thousands of tiny row groups.
+    """
+    rows = max((len(f) for f in frames.values() if f is not None), default=0)
+    return {"threads": 1, **({"max_vacuum_tasks": 0} if rows >= VACUUM_BELOW_ROWS else {})}
 
 
 @dataclass
@@ -133,8 +148,7 @@ class BatchWriter:
 
     def _commit(self, pending: list[RawBatch]) -> None:
         rows = batch_frames(merge_raw(pending))
-        with Store(self.db) as store:
-            store.con.execute("SET threads = 1")  # the model's forward pass has the cores
+        with Store(self.db, settings=commit_settings(rows)) as store:
             store.write_batch(self.run, **rows)
         self.committed += sum(rows[k].height for k in ("samples", "skipped") if rows.get(k) is not None)
 

@@ -155,3 +155,43 @@ def test_busy_database_waits_then_explains(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def _other_process_can_open(db: Path) -> bool:
+    code = f"import duckdb; duckdb.connect({str(db)!r}).close()"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_stores_of_one_file_share_it_and_the_last_close_unlocks_it(tmp_path: Path) -> None:
+    db = tmp_path / "a.duckdb"
+    first = Store(db)
+    first.create_run(_run())
+    with Store(db) as second:  # the same process: the same attached file, not a lock conflict
+        second.write_batch("r", **_batch(["x"]))
+        assert first.count("samples", "r") == 1
+    assert not _other_process_can_open(db)  # `first` still holds it
+    first.close()
+    first.close()  # twice is harmless
+    assert _other_process_can_open(db)
+    assert not (tmp_path / "a.duckdb.wal").exists()  # closing checkpointed the file
+
+
+def test_settings_hold_while_open_and_are_reset_at_close(tmp_path: Path) -> None:
+    db = tmp_path / "a.duckdb"
+    with Store(db) as store:
+        default = store._one("SELECT current_setting('threads')")
+    with Store(db, settings={"threads": 1, "max_vacuum_tasks": 0}) as store:
+        assert store._one("SELECT current_setting('threads')") == 1
+        assert store._one("SELECT current_setting('max_vacuum_tasks')") == 0
+    with Store(db, read_only=True) as store:
+        assert store._one("SELECT current_setting('threads')") == default
+        assert store._one("SELECT current_setting('max_vacuum_tasks')") != 0
+
+
+def test_a_file_open_read_only_cannot_be_written_by_another_store(tmp_path: Path) -> None:
+    db = tmp_path / "a.duckdb"
+    Store(db).close()
+    with Store(db, read_only=True), pytest.raises(StoreError, match="open read-only in this process"):
+        Store(db)
+    with Store(db) as store:  # once it is closed, writing works
+        store.create_run(_run())

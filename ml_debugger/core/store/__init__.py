@@ -39,6 +39,9 @@ class Store(RunsMixin, ResultsMixin, SelectionsMixin, DetectionMixin):
         Open for reading; fails with a clear message when the file does not exist.
     lock_timeout
         Seconds to keep retrying while another process holds the file.
+    settings
+        DuckDB settings while this store is open (e.g. ``{"threads": 1}`` while a model needs
+        the cores), reset when it closes. DuckDB's settings hold for the whole process.
 
     Examples
     --------

@@ -124,7 +124,9 @@ class RunsMixin(StoreBase):
     # -- samples and outputs ----------------------------------------------------------------
     def _feature_tables(self, prefix: str = "features_") -> list[str]:
         rows = self.con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE starts_with(table_name, ?)", [prefix]
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_catalog = current_database() AND starts_with(table_name, ?)",
+            [prefix],
         ).fetchall()
         return [r[0] for r in rows]
 
@@ -196,6 +198,7 @@ class RunsMixin(StoreBase):
         self.con.execute(f"SET memory_limit = '{STREAM_MEMORY_LIMIT}'")
         cur = self.con.cursor()
         try:
+            cur.execute(f"USE {self._one('SELECT current_database()')}")
             rel = cur.sql(f"SELECT sample_id, feature FROM features_{int(dim)} WHERE run = $run", params={"run": run})
             with rel.to_arrow_reader(batch_size=batch_rows) as reader:
                 for batch in reader:
