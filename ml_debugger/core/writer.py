@@ -68,8 +68,9 @@ def merge_raw(batches: list[RawBatch]) -> RawBatch:
     )
     if with_rows:
         keys = with_rows[0].signals or {}
-        merged.signals = {k: torch.cat([b.signals[k] for b in with_rows]) for k in keys}  # type: ignore[index]
-        merged.features = torch.cat([b.features for b in with_rows])
+        with torch.inference_mode():  # the batches are inference tensors (see extract._run_batches)
+            merged.signals = {k: torch.cat([b.signals[k] for b in with_rows]) for k in keys}  # type: ignore[index]
+            merged.features = torch.cat([b.features for b in with_rows])
     return merged
 
 
