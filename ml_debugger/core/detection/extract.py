@@ -38,7 +38,7 @@ from ml_debugger.core.extract import (
 from ml_debugger.core.images import decode
 from ml_debugger.core.models import _load_factory, file_sha256, is_factory_spec, resolve_device
 from ml_debugger.core.store import RunInfo, Store, resolve_db_path
-from ml_debugger.core.writer import BatchWriter, commit_settings
+from ml_debugger.core.writer import BatchWriter
 from ml_debugger.errors import DatasetError, Interrupted, ModelError, UsageError
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ class _Writer(BatchWriter):
 
     def _commit(self, pending: list[Any]) -> None:
         merged = tables(pending)
-        with Store(self.db, settings=commit_settings(merged)) as store:
+        with Store(self.db, settings=self.settings(merged)) as store:
             store.write_detection_batch(self.run, **merged)
         self.committed += sum(merged[k].height for k in ("samples", "skipped") if merged.get(k) is not None)
 

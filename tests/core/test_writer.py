@@ -1,0 +1,60 @@
+"""The extraction's writer: how its commits lay rows out in DuckDB."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ml_debugger.core.signals import softmax_signals
+from ml_debugger.core.store import RunInfo, Store
+from ml_debugger.core.writer import VACUUM_BELOW_ROWS, BatchWriter, RawBatch
+
+
+def _raw(start: int, n: int) -> RawBatch:
+    ids = [f"s{start + i:06d}" for i in range(n)]
+    gen = torch.Generator().manual_seed(start)
+    return RawBatch(
+        ids=ids, paths=ids, labels=[None] * n, signals=softmax_signals(torch.randn(n, 3, generator=gen)),
+        features=torch.randn(n, 8, generator=gen),
+    )  # fmt: skip
+
+
+def _writer(db: Path) -> BatchWriter:
+    info = RunInfo(
+        name="r", task="classification", model_name="m", model_version="v1", model_path="m.pt2",
+        model_format="export", model_sha256="x", dataset_path="/d", dataset_format="flat", labelled=False,
+        classes=["a", "b", "c"], feature_layer="fc", feature_dim=8, stability_k=0, settings={}, fingerprint="f",
+    )  # fmt: skip
+    with Store(db) as store:
+        store.create_run(info)
+    return BatchWriter(db, "r", flush_seconds=3600)
+
+
+def _row_groups(db: Path) -> int:
+    with Store(db, read_only=True) as store:
+        return store._one("SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('features_8')")
+
+
+def test_large_commits_keep_their_row_groups_and_a_small_last_one_merges_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "a.duckdb"
+    writer = _writer(db)
+    sizes = [VACUUM_BELOW_ROWS] * 3 + [100]
+    for i, n in enumerate(sizes):
+        writer._commit([_raw(i * VACUUM_BELOW_ROWS, n)])
+    writer.close()
+    assert _row_groups(db) == len(sizes)
+    with Store(db, read_only=True) as store:
+        ids, feats = store.read_features("r")
+    assert len(ids) == len(set(ids)) == sum(sizes) and feats.shape == (sum(sizes), 8)
+
+
+def test_a_run_of_small_commits_is_merged_into_few_row_groups(tmp_path: Path) -> None:
+    db = tmp_path / "a.duckdb"
+    writer = _writer(db)
+    for i in range(8):
+        writer._commit([_raw(i * 100, 100)])
+    writer.close()
+    assert _row_groups(db) < 8  # DuckDB's vacuum merged them, as it does for any small appends
+    with Store(db, read_only=True) as store:
+        assert store.count("samples", "r") == 800
