@@ -149,8 +149,8 @@ class BatchWriter:
         earlier commits appended again and again (1, 2, 1, 4, 1, 2, 1, 8 commits' worth of rows
         re-written), which doubled the cost of a commit, and a small last commit would merge the
         whole run's (0.31 s instead of 0.03 s, and 58 MiB more peak memory, after 10 commits of
-        5,120 rows). A run of small commits
-        (a slow model) still merges, so it never piles up thousands of tiny row groups.
+        5,120 rows). A run of small commits (a slow model) still merges, so it never piles up
+        thousands of tiny row groups.
         """
         self._large = self._large or commit_rows(frames) >= VACUUM_BELOW_ROWS
         return {"threads": 1, **({"max_vacuum_tasks": 0} if self._large else {})}

@@ -385,7 +385,7 @@ def drive(req: Any, db_path: Path, info: RunInfo, sample_ids: list[str], gt: pl.
 
 # The whole loop in inference mode, as users' own loops run: the decoded batches are then
 # inference tensors too, and every op after the forward pass skips autograd's bookkeeping
-# (6% of a small CNN's extraction, measured side by side).
+# (4-5% of a small CNN's classification extraction, measured side by side).
 @torch.inference_mode()
 def _run_batches(req: DetectionRequest, model: Any, device: torch.device, ds: DetectionDataset, todo: list[int],
                  writer: _Writer, progress: ProgressFn | None, total: int, n_cls: int) -> int:  # fmt: skip
