@@ -257,6 +257,10 @@ def tables(batches: list[dict[str, Any]]) -> dict[str, Any]:
 class _Writer(BatchWriter):
     """The classification writer's thread and timing, committing detection frames."""
 
+    def _own(self, item: Any) -> Any:
+        """The batch's NumPy columns copied into this thread's memory (see ``writer.own_raw``)."""
+        return {k: np.array(v) if isinstance(v, np.ndarray) else v for k, v in item.items()}
+
     def _commit(self, pending: list[Any]) -> None:
         merged = tables(pending)
         with Store(self.db, settings=self.settings(merged)) as store:
