@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ml_debugger.core.signals import softmax_signals
@@ -58,3 +59,16 @@ def test_a_run_of_small_commits_is_merged_into_few_row_groups(tmp_path: Path) ->
     assert _row_groups(db) < 8  # DuckDB's vacuum merged them, as it does for any small appends
     with Store(db, read_only=True) as store:
         assert store.count("samples", "r") == 800
+
+
+def test_the_writer_owns_what_it_buffers(tmp_path: Path) -> None:
+    """Buffered batches must not keep the forward-pass thread's tensors alive (see own_raw)."""
+    from ml_debugger.core.writer import own_raw
+
+    raw = _raw(0, 16)
+    feats, probs = raw.features, raw.signals["probs"]  # type: ignore[index]
+    owned = own_raw(raw)
+    assert isinstance(owned.features, np.ndarray) and not np.shares_memory(owned.features, feats.numpy())
+    assert not np.shares_memory(owned.signals["probs"], probs.numpy())  # type: ignore[index]
+    np.testing.assert_array_equal(owned.features, feats.numpy())
+    np.testing.assert_array_equal(owned.signals["probs"], probs.numpy())  # type: ignore[index]
