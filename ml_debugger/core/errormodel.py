@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -70,14 +71,13 @@ def signal_arrays(outputs: dict[str, np.ndarray], knn: dict[str, np.ndarray]) ->
     """``signal_frame`` for NumPy arrays (the real-time path): the same derived signals, computed
     in the same float32 precision, so both paths give the same error_proba."""
     out = {**outputs, **knn}
-    c = np.clip(outputs["confidence"].astype(np.float32), np.float32(_CLIP), np.float32(1 - _CLIP))
+    c = np.clip(np.asarray(outputs["confidence"], dtype=np.float32), np.float32(_CLIP), np.float32(1 - _CLIP))
     out["confidence_logit"] = np.log(c / (np.float32(1) - c))
-    probs = outputs["probs"].astype(np.float32)
-    out["doctor"] = np.float32(1) - (probs * probs).sum(axis=1, dtype=np.float32)
-    if "trust_score" in knn:
-        out["log_trust"] = np.log(np.clip(knn["trust_score"].astype(np.float32), np.float32(_CLIP), None))
-    if "class_ratio" in knn:
-        out["log_class_ratio"] = np.log(np.clip(knn["class_ratio"].astype(np.float32), np.float32(_CLIP), None))
+    probs = np.asarray(outputs["probs"], dtype=np.float32)
+    out["doctor"] = np.float32(1) - np.einsum("ij,ij->i", probs, probs)
+    for source, name in (("trust_score", "log_trust"), ("class_ratio", "log_class_ratio")):
+        if source in knn:
+            out[name] = np.log(np.maximum(np.asarray(knn[source], dtype=np.float32), np.float32(_CLIP)))
     return out
 
 
@@ -109,10 +109,17 @@ class ErrorModel:
     def logit(self, frame: pl.DataFrame) -> np.ndarray:
         return self.logit_of(_matrix(frame, self.signals))
 
+    @cached_property
+    def _linear(self) -> tuple[np.ndarray, float]:
+        """The standardisation folded into the weights, built once (the real-time filter
+        predicts per batch): ``w · (x − μ) / σ + b = x · (w / σ) + (b − Σ w μ / σ)``."""
+        w = np.asarray(self.coef, dtype=np.float64) / np.asarray(self.scale, dtype=np.float64)
+        return w, float(self.intercept - w @ np.asarray(self.mean, dtype=np.float64))
+
     def logit_of(self, x: np.ndarray) -> np.ndarray:
         """The uncalibrated logit of a design matrix ``[n, len(signals)]``."""
-        z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
-        return np.asarray(z @ np.asarray(self.coef) + self.intercept)
+        w, b = self._linear
+        return np.asarray(x @ w + b)
 
     def predict(self, frame: pl.DataFrame) -> np.ndarray:
         """Calibrated error probability of every row of a ``signal_frame``."""
@@ -127,9 +134,10 @@ class ErrorModel:
         """``predict`` for the arrays of ``signal_arrays`` (NaN counts as 0, as nulls do)."""
         if self.kind == "one_minus_confidence":
             return np.clip(1.0 - signals["confidence"].astype(np.float64), 0.0, 1.0)
-        x = np.stack([signals[s].astype(np.float64) for s in self.signals], axis=1)
+        x = np.stack([signals[s] for s in self.signals], axis=1, dtype=np.float64)
+        x[np.isnan(x)] = 0.0
         a, b = self.platt
-        return _sigmoid(a * self.logit_of(np.nan_to_num(x, nan=0.0)) + b)
+        return _sigmoid(a * self.logit_of(x) + b)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -17,13 +17,19 @@ from those come the signals the error model uses:
 
 When the queries are the bank itself (the labelled run scoring itself) each sample is left
 out of its own neighbourhood, so no sample sees its own label.
+
+Real-time batches (``live=True``) of up to SMALL_QUERIES are searched in NumPy against a
+padded copy of the bank (``Bank.padded``): at a batch of 1 to a few hundred, torch's cost per
+operation (several microseconds) outweighs the arithmetic, and NumPy's partition beats torch's
+top-k. Both searches give the same neighbours; the signals are computed in NumPy for both.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,6 +49,12 @@ _FILLER = -4.0
 CLASS_K = 5
 # Bank samples whose approximate leave-one-out distances form the OOD reference of an IVF bank.
 IVF_REFERENCE = 20_000
+# Query sets up to this size go through the NumPy search (``_search_small``), when the padded
+# bank fits in _PADDED_MAX_FLOATS (1 GiB).
+SMALL_QUERIES = 256
+_PADDED_MAX_FLOATS = 2**28
+# Rows voted at once: bounds the [rows, k, k] comparison.
+_VOTE_ROWS = 65_536
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,11 @@ class Bank:
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
+
+    @cached_property
+    def reference(self) -> np.ndarray:
+        """``self_distances`` as a NumPy array (no copy), looked up once."""
+        return np.asarray(self.self_distances)
 
     @cached_property
     def by_class(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -88,6 +105,43 @@ class Bank:
         slot = torch.arange(widest)
         columns = torch.where(slot < sizes[:, None], bounds[:-1, None] + slot, len(self))
         return columns, sizes
+
+    @cached_property
+    def padded(self) -> torch.Tensor | None:
+        """The bank for the small-batch search: a ``[d + 1, C * S]`` float32 matrix whose
+        columns are each class's samples padded to the widest class (``class_slots``). Its last
+        row is 0 under a sample and _FILLER under padding, so a unit query with a trailing 1 gets
+        every class's similarities, padding below them all, from one matrix product. None when
+        the classes are too unequal to pad, or the copy would pass _PADDED_MAX_FLOATS."""
+        slots = self.class_slots
+        if slots is None:
+            return None
+        columns = slots[0].numpy().ravel()
+        d = int(self.features.shape[1])
+        if columns.size * (d + 1) > _PADDED_MAX_FLOATS:
+            return None
+        sorted_feats = self.by_class[1].numpy()
+        real = columns < len(self)
+        out = np.zeros((d + 1, columns.size), dtype=np.float32)
+        out[:d, real] = sorted_feats[columns[real]].T
+        out[d, ~real] = _FILLER
+        import torch
+
+        return torch.from_numpy(out)
+
+    @cached_property
+    def small_search_constants(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+        """For ``_search_small``: which of each class's CLASS_K nearest exist (``[C, CLASS_K]``
+        float32), how many (the divisor of their mean), the columns of empty classes in the
+        ``[nearest | mean]`` block (None when none is empty), and the per-class width searched."""
+        assert self.class_slots is not None
+        sizes = self.class_slots[1].numpy()
+        slots = int(self.class_slots[0].shape[1])
+        width = min(max(min(self.k, len(self)), CLASS_K), slots)
+        counted = (np.arange(min(CLASS_K, width)) < np.minimum(sizes, CLASS_K)[:, None]).astype(np.float32)
+        divisor = np.clip(sizes, 1, CLASS_K).astype(np.float32)
+        empty = np.flatnonzero(np.tile(sizes == 0, 2))
+        return counted, divisor, (empty if len(empty) else None), width
 
 
 def with_ivf(bank: Bank, *, probes: int, lists: int | None = None, seed: int = 0) -> Bank:
@@ -142,41 +196,102 @@ def build_bank(features: np.ndarray, labels: np.ndarray, n_classes: int, *, k: i
     return Bank(feats, labs, n_classes, k_eff, own), raw
 
 
-def knn_signals(features: np.ndarray, pred: np.ndarray, bank: Bank) -> dict:
+def knn_signals(features: np.ndarray, pred: np.ndarray, bank: Bank, *, live: bool = False) -> dict:
     """Signals of queries ``[m, d]`` with predicted classes ``[m]`` against ``bank``.
+
+    ``live``: a real-time batch; up to SMALL_QUERIES queries are then searched in NumPy
+    (``_search_small``), equal to the chunked search to float rounding. Stored runs always go
+    through the chunked search, so their scores do not depend on where batches end.
 
     Returns
     -------
     dict of numpy arrays ``[m]``: knn_disagree, knn_vote, trust_score, knn_distance, ood_score.
     """
-    return signals_from_search(_search(normalize(features), bank, exclude_self=False), pred, bank)
+    if live and len(features) <= SMALL_QUERIES and bank.ivf is None and bank.padded is not None:
+        raw = _search_small(_unit(np.asarray(features, dtype=np.float32)), bank)
+    else:
+        raw = _search(normalize(features), bank, exclude_self=False)
+    return signals_from_search(raw, pred, bank)
 
 
 def signals_from_search(raw: dict, pred: np.ndarray, bank: Bank) -> dict:
     """Turn a neighbour search (``build_bank``'s second value, or ``knn_signals``'s) into signals."""
-    import torch
-
-    p = torch.from_numpy(np.array(pred, dtype=np.int64))
-    labels = raw["neighbor_labels"]
-    out = {
-        "knn_disagree": (labels != p.unsqueeze(1)).float().mean(dim=1),
-        "knn_vote": _vote(labels, bank.n_classes),
-        "trust_score": _trust(raw["class_distance"], p),
-        "class_ratio": _trust(raw["class_distance_k"], p),
-        "knn_distance": raw["knn_distance"],
-        "ood_score": ood_percentile(raw["knn_distance"], bank.self_distances),
+    labels = np.asarray(raw["neighbor_labels"])  # torch CPU tensors: no copy
+    distance = np.asarray(raw["knn_distance"])
+    p = np.asarray(pred, dtype=np.int64)
+    trust = _trust(np.stack([np.asarray(raw["class_distance"]), np.asarray(raw["class_distance_k"])]), p)
+    return {
+        "knn_disagree": (labels != p[:, None]).sum(axis=1, dtype=np.float32) / np.float32(labels.shape[1]),
+        "knn_vote": _vote(labels),
+        "trust_score": trust[0],
+        "class_ratio": trust[1],
+        "knn_distance": distance,
+        "ood_score": ood_percentile(distance, bank.reference),
     }
-    return {key: v.numpy() for key, v in out.items()}
 
 
-def ood_percentile(distances: torch.Tensor, reference_sorted: torch.Tensor) -> torch.Tensor:
-    """Share of the reference distances strictly below each distance (mid-rank for ties)."""
+def ood_percentile(distances: Any, reference_sorted: Any) -> Any:
+    """Share of the reference distances strictly below each distance (mid-rank for ties), as
+    float32; NumPy arrays in, NumPy out; torch tensors in, torch out."""
+    if isinstance(distances, np.ndarray):
+        n = max(1, len(reference_sorted))
+        lo = np.searchsorted(reference_sorted, distances, side="left")
+        hi = np.searchsorted(reference_sorted, distances, side="right")
+        return (lo + hi).astype(np.float32) / np.float32(2 * n)  # in [0, 1] by construction
     import torch
 
     n = max(1, int(reference_sorted.shape[0]))
-    lo = torch.searchsorted(reference_sorted, distances, right=False).float()
-    hi = torch.searchsorted(reference_sorted, distances, right=True).float()
-    return ((lo + hi) / (2 * n)).clamp(0.0, 1.0)
+    lo_t = torch.searchsorted(reference_sorted, distances, right=False).float()
+    hi_t = torch.searchsorted(reference_sorted, distances, right=True).float()
+    return ((lo_t + hi_t) / (2 * n)).clamp(0.0, 1.0)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (``normalize`` in NumPy)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    return x / np.maximum(norms, np.float32(1e-12))[:, None]
+
+
+def _search_small(queries: np.ndarray, bank: Bank) -> dict:
+    """``_search`` of a few unit queries ``[m, d]`` in NumPy, against ``bank.padded``.
+
+    Written for a batch of 1 to 256 in a live loop, where each NumPy call's ~1 µs counts: the
+    per-class constants are built once per bank and the three distances come from one pass."""
+    import torch
+
+    padded = bank.padded
+    assert padded is not None
+    counted, divisor, empty, width = bank.small_search_constants
+    m, d = queries.shape
+    c = bank.n_classes
+    slots = padded.shape[1] // c
+    k = min(bank.k, len(bank))
+    q = np.empty((m, d + 1), dtype=np.float32)
+    q[:, :d] = queries
+    q[:, d] = 1.0
+    # torch's matrix product, not NumPy's: OpenBLAS's threads spin for a while after each call
+    # and slowed the user's next forward pass by about 5% (side by side, small CNN, batch 64).
+    sims = torch.from_numpy(q).mm(padded).numpy().reshape(m, c, slots)
+    if width < slots:
+        sims.partition(slots - width, axis=2)  # in place: no second [m, C, S] block
+        sims = sims[:, :, slots - width :]
+    # The k nearest overall are among the k nearest of their own class: sort those few.
+    per_class = np.sort(sims, axis=2)[:, :, ::-1]  # [m, C, width], nearest first
+    flat = per_class.reshape(m, c * width)
+    top = np.argsort(flat, axis=1)[:, : -k - 1 : -1]
+    near = np.empty((m, 1 + 2 * c), dtype=np.float32)  # k-th overall | nearest per class | mean per class
+    near[:, 0] = flat[np.arange(m), top[:, -1]]
+    near[:, 1 : 1 + c] = per_class[:, :, 0]
+    near[:, 1 + c :] = (per_class[:, :, : counted.shape[1]] * counted).sum(axis=2, dtype=np.float32) / divisor
+    if empty is not None:
+        near[:, 1:][:, empty] = -2.0
+    dist = _distance(near)
+    return {
+        "neighbor_labels": top // width,
+        "knn_distance": dist[:, 0],
+        "class_distance": dist[:, 1 : 1 + c],
+        "class_distance_k": dist[:, 1 + c :],
+    }
 
 
 def _search(queries: torch.Tensor, bank: Bank, *, exclude_self: bool) -> dict:
@@ -249,26 +364,39 @@ def _search(queries: torch.Tensor, bank: Bank, *, exclude_self: bool) -> dict:
     }
 
 
-def _distance(sim: torch.Tensor) -> torch.Tensor:
-    """Euclidean distance of unit vectors from their cosine similarity (−2 marks "none": 2)."""
+def _distance(sim: Any) -> Any:
+    """Euclidean distance of unit vectors from their cosine similarity (−2 marks "none": 2);
+    a NumPy array or a torch tensor, in kind."""
+    if isinstance(sim, np.ndarray):
+        return np.sqrt(np.maximum(2.0 - 2.0 * np.clip(sim, -1.0, 1.0), 0.0))
     return (2.0 - 2.0 * sim.clamp(-1.0, 1.0)).clamp_min(0.0).sqrt()
 
 
-def _vote(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
-    import torch
+def _vote(labels: np.ndarray) -> np.ndarray:
+    """The label most of each row's neighbours (nearest first) carry; a tie goes to the label
+    of the nearer neighbour. Compares neighbours pairwise, so memory does not grow with C."""
+    weights = _vote_weights(labels.shape[1])
+    best = np.empty(len(labels), dtype=np.int64)
+    for start in range(0, len(labels), _VOTE_ROWS):
+        part = labels[start : start + _VOTE_ROWS]
+        same = part[:, :, None] == part[:, None, :]  # [rows, k, k]
+        best[start : start + len(part)] = (same @ weights).argmax(axis=1)
+    return labels[np.arange(len(labels)), best]
 
-    counts = torch.zeros(labels.shape[0], n_classes)
-    # Nearer neighbours weigh a hair more, so ties go to the nearer label.
-    weights = 1.0 + 1e-3 * torch.linspace(1.0, 0.0, labels.shape[1]).expand_as(labels)
-    counts.scatter_add_(1, labels, weights)
-    return counts.argmax(dim=1)
+
+@functools.cache
+def _vote_weights(k: int) -> np.ndarray:
+    """Each neighbour's weight in the vote: nearer neighbours weigh a hair more."""
+    return 1.0 + 1e-3 * np.linspace(1.0, 0.0, k, dtype=np.float32)
 
 
-def _trust(class_distance: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    d_pred = class_distance.gather(1, pred.unsqueeze(1)).squeeze(1)
-    others = class_distance.scatter(1, pred.unsqueeze(1), float("inf"))
-    d_other = others.amin(dim=1)
-    d_other = torch.where(torch.isinf(d_other), torch.full_like(d_other, 2.0), d_other)
-    return (d_other + _EPS) / (d_pred + _EPS)
+def _trust(class_distance: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Distance to the nearest other class ÷ distance to the predicted class, for distances
+    ``[..., m, C]`` (several kinds of class distance at once); ``[..., m]``."""
+    rows = np.arange(len(pred))
+    d_pred = class_distance[..., rows, pred]
+    others = class_distance.copy()
+    others[..., rows, pred] = np.inf
+    d_other = others.min(axis=-1)
+    d_other[np.isinf(d_other)] = 2.0  # one class: no other
+    return (d_other + np.float32(_EPS)) / (d_pred + np.float32(_EPS))

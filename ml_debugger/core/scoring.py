@@ -112,7 +112,7 @@ class Scorer:
         softmax signals (pred, confidence, margin, entropy, energy, probs ``[n, C]``, and with
         stability: stability, flip_rate, perturbed_confidence); returns every signal plus
         error_proba, zone (names) and predicted (class names)."""
-        knn = neighbors.knn_signals(features, outputs["pred"], self.bank)
+        knn = neighbors.knn_signals(features, outputs["pred"], self.bank, live=True)
         sig = signal_arrays(outputs, knn)
         sig["error_proba"] = self.model.predict_arrays(sig)
         measured = self.result.stability and "stability" in sig

@@ -6,6 +6,7 @@ These are the columns of the ``outputs`` table. ``softmax_signals`` needs only t
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -37,6 +38,33 @@ def softmax_signals(logits: torch.Tensor) -> dict[str, torch.Tensor]:
         "margin": margin,
         "entropy": entropy.clamp_min(0.0),
         "energy": energy,
+    }
+
+
+def softmax_arrays(logits: np.ndarray) -> dict[str, np.ndarray]:
+    """``softmax_signals`` in NumPy (float32), the same values to float rounding: the real-time
+    filter's path, where a batch is small and torch's cost per operation would dominate."""
+    z = np.asarray(logits, dtype=np.float32)
+    top = z.max(axis=1, keepdims=True)
+    shifted = z - top
+    e = np.exp(shifted)
+    total = e.sum(axis=1, keepdims=True)
+    probs = e / total
+    log_total = np.log(total)
+    c = probs.shape[1]
+    pred = probs.argmax(axis=1)
+    if c >= 2:
+        top2 = np.partition(probs, c - 2, axis=1)[:, c - 2 :]  # [second, first]
+        confidence, margin = top2[:, 1], top2[:, 1] - top2[:, 0]
+    else:
+        confidence, margin = probs[:, 0], np.ones(len(probs), dtype=np.float32)
+    return {
+        "probs": probs,
+        "pred": pred,
+        "confidence": confidence,
+        "margin": margin,
+        "entropy": np.maximum(-np.einsum("ij,ij->i", probs, shifted - log_total), np.float32(0.0)),
+        "energy": -(log_total[:, 0] + top[:, 0]),
     }
 
 

@@ -21,7 +21,9 @@ to a low quantile of the labelled run's stability.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import polars as pl
@@ -88,6 +90,27 @@ class ZoneRules:
             "global": self.thresholds,
             "per_class": {classes[i]: v for i, v in sorted(self.per_class.items())},
         }
+
+    @cached_property
+    def tables(self) -> dict[str, tuple[float, Any]]:
+        """Per key: the global threshold (NaN when unset) and, when some class overrides it, an
+        array of thresholds by predicted class whose last entry is the global one (for classes
+        past the overrides); built once, for ``assign_arrays``."""
+        import numpy as np
+
+        out: dict[str, tuple[float, Any]] = {}
+        last = max(self.per_class, default=-1) + 1
+        for key in THRESHOLD_KEYS:
+            g = self.thresholds.get(key)
+            default = np.nan if g is None else float(g)
+            overrides = {c: v[key] for c, v in self.per_class.items() if key in v}
+            table = None
+            if overrides:
+                table = np.full(last + 1, default)
+                for c, v in overrides.items():
+                    table[c] = v
+            out[key] = (default, table)
+        return out
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], classes: list[str]) -> ZoneRules:
@@ -199,33 +222,37 @@ def assign_arrays(
 
     n = len(error_proba)
     pred = np.asarray(pred, dtype=np.int64)
-    n_cls = int(max(pred.max(initial=0) + 1, max(rules.per_class, default=-1) + 1))
+    tables = rules.tables
 
     def th(key: str) -> Any:
-        g = rules.thresholds.get(key)
-        table = np.full(n_cls, np.nan if g is None else float(g))
-        for cls, v in rules.per_class.items():
-            if key in v:
-                table[cls] = v[key]
-        return table[pred]
+        default, table = tables[key]
+        return default if table is None else table[np.minimum(pred, len(table) - 1)]
 
     ep = np.asarray(error_proba, dtype=np.float64)
     conf = np.asarray(confidence, dtype=np.float64)
-    stab = np.full(n, np.nan) if stability is None else np.asarray(stability, dtype=np.float64)
-    flip = np.full(n, np.nan) if flip_rate is None else np.asarray(flip_rate, dtype=np.float64)
-    measured = ~np.isnan(stab)
-    with np.errstate(invalid="ignore"):
-        unstable = (measured & (flip >= th("hotspot_flip_rate"))) | (measured & (stab < th("hotspot_stability")))
-        unstable |= ep >= th("hotspot_error_proba")
+    unstable = ep >= th("hotspot_error_proba")
+    steady: Any = True
+    if stability is not None:
+        stab = np.asarray(stability, dtype=np.float64)
+        flip = np.full(n, np.nan) if flip_rate is None else np.asarray(flip_rate, dtype=np.float64)
+        measured = ~np.isnan(stab)  # NaN: not measured; comparisons with NaN are False
+        unstable |= measured & ((flip >= th("hotspot_flip_rate")) | (stab < th("hotspot_stability")))
         steady = ~measured | (flip <= th("stable_flip_rate"))
-        conditions = [
-            np.asarray(ood_score, dtype=np.float64) >= th("ood"),
-            (ep >= th("critical_error_proba")) & (conf >= th("critical_confidence")),
-            conf < th("recessive_confidence"),
-            unstable,
-            (ep <= th("stable_error_proba")) & (conf >= th("stable_confidence")) & steady,
-        ]
-    return np.select(conditions, list(PRECEDENCE[:5]), default=PRECEDENCE[5])
+    # The lowest-precedence rule first, so each higher one overwrites it.
+    zone = np.full(n, len(PRECEDENCE) - 1, dtype=np.int8)
+    zone[(ep <= th("stable_error_proba")) & (conf >= th("stable_confidence")) & steady] = 4
+    zone[unstable] = 3
+    zone[conf < th("recessive_confidence")] = 2
+    zone[(ep >= th("critical_error_proba")) & (conf >= th("critical_confidence"))] = 1
+    zone[np.asarray(ood_score, dtype=np.float64) >= th("ood")] = 0
+    return _zone_names()[zone]
+
+
+@functools.cache
+def _zone_names() -> Any:
+    import numpy as np
+
+    return np.asarray(PRECEDENCE)
 
 
 def assign(frame: pl.DataFrame, rules: ZoneRules) -> pl.DataFrame:

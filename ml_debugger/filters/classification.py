@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ml_debugger.core.scoring import Scorer, load_scorer
-from ml_debugger.core.signals import softmax_signals, stability_signals
+from ml_debugger.core.signals import softmax_arrays, stability_signals
 from ml_debugger.core.stability import StabilityConfig, perturb
 from ml_debugger.core.store import ResultInfo, Store
 from ml_debugger.errors import ModelError, UsageError
@@ -237,8 +237,7 @@ class ClassificationDataFilter:
             raise ModelError(
                 f"the model gives {logits.shape[1]} classes, result {self.result.name} has {len(self.result.classes)}"
             )
-        sig = softmax_signals(logits)
-        outputs = {k: sig[k].numpy() for k in ("pred", "confidence", "margin", "entropy", "energy", "probs")}
+        outputs = softmax_arrays(logits.numpy())
         outputs.update({k: v.numpy() for k, v in extra.items() if k != "flip_mask"})
         return self.scorer.score_arrays(outputs, f.numpy())
 

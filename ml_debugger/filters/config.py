@@ -58,7 +58,11 @@ class FilterConfig:
         import numpy as np
 
         n = len(columns["zone"])
-        keep = np.isin(columns["zone"], self.target_zones) if self.target_zones else np.ones(n, dtype=bool)
+        keep = np.ones(n, dtype=bool)
+        if self.target_zones:
+            keep = np.zeros(n, dtype=bool)
+            for zone in self.target_zones:  # a few zones: cheaper than np.isin at real-time sizes
+                keep |= columns["zone"] == zone
         for c in self.parsed:
             values = columns.get(c.column)
             if values is None:
@@ -69,4 +73,4 @@ class FilterConfig:
             if v.dtype.kind == "f":
                 hit &= ~np.isnan(v)
             keep &= np.asarray(hit, dtype=bool)
-        return [bool(x) for x in keep]
+        return keep.tolist()

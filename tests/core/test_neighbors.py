@@ -71,6 +71,36 @@ def test_class_ratio_matches_brute_force(unequal: bool) -> None:
     assert np.allclose(sig["class_ratio"], (d_other + 1e-6) / (d_pred + 1e-6), rtol=1e-4)
 
 
+@pytest.mark.parametrize(("m", "k"), [(1, 5), (7, 3), (200, 10)])
+def test_small_batch_search_matches_the_chunked_search(m: int, k: int) -> None:
+    # Real-time batches go through a NumPy search of the padded bank; larger query sets through
+    # torch. Same bank (a class of 2 samples, fewer than k and CLASS_K; an empty class), same
+    # queries: the same neighbours and the same signals to float rounding.
+    c = 6
+    x, y = _data(n=500, c=c, seed=4)
+    y = np.where(y == 5, 4, y)
+    y[:2], y[2:][y[2:] == 3] = 3, 2
+    bank, _ = N.build_bank(x, y, c, k=k)
+    assert bank.padded is not None
+    rng = np.random.default_rng(5)
+    queries = (x[rng.integers(0, len(x), m)] + rng.normal(scale=0.3, size=(m, x.shape[1]))).astype(np.float32)
+    small = N._search_small(N._unit(queries), bank)
+    big = N._search(N.normalize(queries), bank, exclude_self=False)
+    assert np.array_equal(np.sort(small["neighbor_labels"], 1), np.sort(big["neighbor_labels"].numpy(), 1))
+    for key in ("knn_distance", "class_distance", "class_distance_k"):
+        assert np.allclose(small[key], big[key].numpy(), atol=1e-5), key
+    pred = rng.integers(0, c, m)
+    a, b = N.signals_from_search(small, pred, bank), N.signals_from_search(big, pred, bank)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert np.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
+
+
+def test_vote_breaks_ties_towards_the_nearer_neighbour() -> None:
+    labels = np.array([[2, 0, 0, 2], [1, 3, 3, 1], [4, 4, 4, 4], [0, 1, 2, 1]])
+    assert N._vote(labels).tolist() == [2, 1, 4, 1]
+
+
 def test_queries_far_from_the_bank_get_high_ood_scores() -> None:
     x, y = _data()
     bank, _ = N.build_bank(x, y, 4, k=5)

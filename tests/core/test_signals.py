@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ml_debugger.core.signals import softmax_signals, stability_signals
+from ml_debugger.core.signals import softmax_arrays, softmax_signals, stability_signals
 from ml_debugger.core.stability import StabilityConfig, perturb
 
 
@@ -23,6 +24,20 @@ def test_softmax_signals_ranges(b: int, c: int, scale: float, seed: int) -> None
     assert ((s["entropy"] >= 0) & (s["entropy"] <= math.log(c) + 1e-4)).all()
     assert torch.equal(s["pred"], logits.argmax(1))
     assert torch.allclose(s["energy"], -torch.logsumexp(logits, 1))
+
+
+@settings(max_examples=60, deadline=None)
+@given(b=st.integers(1, 8), c=st.integers(1, 12), scale=st.floats(0.01, 50), seed=st.integers(0, 2**16))
+def test_softmax_arrays_equal_softmax_signals(b: int, c: int, scale: float, seed: int) -> None:
+    # The real-time filter's NumPy signals must match what extract stores (torch).
+    logits = torch.randn(b, c, generator=torch.Generator().manual_seed(seed)) * scale
+    want = softmax_signals(logits)
+    got = softmax_arrays(logits.numpy())
+    assert got.keys() == want.keys()
+    assert np.array_equal(got["pred"], want["pred"].numpy())
+    for key in ("probs", "confidence", "margin", "entropy", "energy"):
+        assert got[key].dtype == np.float32, key
+        assert np.allclose(got[key], want[key].numpy(), rtol=1e-5, atol=1e-6), key
 
 
 @settings(max_examples=40, deadline=None)

@@ -138,7 +138,9 @@ def test_error_codes_use_class_names_splits_and_knn_vouching() -> None:
 def test_numpy_zones_equal_the_polars_zones(n: int, seed: int, stability: bool, per_class: bool) -> None:
     from ml_debugger.core.zones import assign_arrays
 
-    rules = _rules(per_class={"fox": {"stable_confidence": 0.2, "ood": 0.4}} if per_class else {})
+    # Overrides for the first classes only: the last class falls back to the global thresholds.
+    overrides = {"cat": {"ood": 0.6}, "dog": {"stable_confidence": 0.2, "ood": 0.4}}
+    rules = _rules(per_class=overrides if per_class else {})
     frame = _frame(n, seed, stability)
     expected = assign(frame, rules)["zone"].to_list()
     got = assign_arrays(
