@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import torch
 from torch import nn
@@ -140,7 +141,7 @@ class ClassificationDataFilter:
             self._stability = replace(self._stability, mc_dropout=mc_dropout)
         self._dropouts = [m for m in self.model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
         self._recorder: ClassificationTracer | None = None
-        self._scores: list[pl.DataFrame] = []
+        self._scores: list[tuple[list[str], dict[str, Any]]] = []  # one frame at close(), not per call
         if record:
             name = run_name or f"{model_name}_{version_name}_pool"
             with Store(db, read_only=True) as store:
@@ -165,12 +166,13 @@ class ClassificationDataFilter:
             raise UsageError(f"input_ids has {len(input_ids)} entries for a batch of {n}; give one id per input")
         out, logits, feats = self._hook(x)
         extra = self._perturbed(x, [str(i) for i in input_ids], logits, feats) if self._stability else {}
-        cols = self._score(logits, feats, extra)
+        outputs, cols = self._score(logits, feats, extra)
         self._last = (list(input_ids), cols)  # a frame only when ``last`` is read
         if self._recorder is not None:
             ids = [str(i) for i in input_ids]
-            self._recorder.record(ids, [None] * n, logits, feats, "pool", extra or None)
-            self._scores.append(_score_rows(ids, cols))
+            signals = {**outputs, **extra}  # the softmax signals just computed, not again
+            self._recorder.record(ids, [None] * n, logits, feats, "pool", signals=signals)
+            self._scores.append((ids, {k: cols[k] for k in _SCORE_KEYS}))
         if self.config is None:
             return out, [None] * n
         return out, list(self.config.flags(cols))
@@ -199,7 +201,7 @@ class ClassificationDataFilter:
         run = self._recorder.close()
         if run is not None and self._scores:
             with Store(self.db) as store:
-                store.write_scores(self.result.name, run, pl.concat(self._scores))
+                store.write_scores(self.result.name, run, _score_rows(self._scores))
         self._recorder, self._scores = None, []
         return run
 
@@ -227,7 +229,8 @@ class ClassificationDataFilter:
         pred = logits.argmax(dim=1)
         return {k: v for k, v in stability_signals(feats, pred, plogits, pfeats, cfg.k).items()}
 
-    def _score(self, logits: torch.Tensor, f: torch.Tensor, extra: dict) -> dict[str, Any]:
+    def _score(self, logits: torch.Tensor, f: torch.Tensor, extra: dict) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the softmax signals, every score column) of one batch."""
         if f.shape[1] != (self.result.feature_dim or 0):
             raise ModelError(
                 f"the hooked layer {self._hook.layer!r} gives {f.shape[1]} features, but result {self.result.name} "
@@ -238,8 +241,8 @@ class ClassificationDataFilter:
                 f"the model gives {logits.shape[1]} classes, result {self.result.name} has {len(self.result.classes)}"
             )
         outputs = softmax_arrays(logits.numpy())
-        outputs.update({k: v.numpy() for k, v in extra.items() if k != "flip_mask"})
-        return self.scorer.score_arrays(outputs, f.numpy())
+        scored = {**outputs, **{k: v.numpy() for k, v in extra.items() if k != "flip_mask"}}
+        return outputs, self.scorer.score_arrays(scored, f.numpy())
 
     # -- querying the store ---------------------------------------------------------------
     def query(self, n_data: int, strategy: str | dict[str, Any] = "high_error_proba", run: str | None = None) -> list:
@@ -265,19 +268,24 @@ class ClassificationDataFilter:
         return answer.rows["sample_id"].to_list()
 
 
-def _score_rows(ids: list[str], cols: dict[str, Any]) -> pl.DataFrame:
-    """The scores-table rows of one real-time batch (as ``scoring.score_rows`` keeps them)."""
+_SCORE_KEYS = ("error_proba", "ood_score", "zone", "knn_disagree", "trust_score", "knn_distance", "knn_vote")
+
+
+def _score_rows(batches: list[tuple[list[str], dict[str, Any]]]) -> pl.DataFrame:
+    """The scores-table rows of the recorded batches (as ``scoring.score_rows`` keeps them)."""
+    ids = [i for batch_ids, _ in batches for i in batch_ids]
+    col = {k: np.concatenate([c[k] for _, c in batches]) for k in _SCORE_KEYS}
     return pl.DataFrame(
         {
             "sample_id": ids,
-            "error_proba": cols["error_proba"].astype("float32"),
-            "ood_score": cols["ood_score"].astype("float32"),
-            "zone": cols["zone"].astype(str),
+            "error_proba": col["error_proba"].astype("float32"),
+            "ood_score": col["ood_score"].astype("float32"),
+            "zone": col["zone"].astype(str),
             "error_code": pl.Series([None] * len(ids), dtype=pl.String),
-            "knn_disagree": cols["knn_disagree"].astype("float32"),
-            "trust_score": cols["trust_score"].astype("float32"),
-            "knn_distance": cols["knn_distance"].astype("float32"),
-            "knn_vote": cols["knn_vote"].astype("int32"),
+            "knn_disagree": col["knn_disagree"].astype("float32"),
+            "trust_score": col["trust_score"].astype("float32"),
+            "knn_distance": col["knn_distance"].astype("float32"),
+            "knn_vote": col["knn_vote"].astype("int32"),
         }
     )
 

@@ -106,14 +106,17 @@ class ClassificationTracer:
         feats: torch.Tensor,
         dataset_type: str,
         stability: dict[str, torch.Tensor] | None = None,
+        signals: dict[str, Any] | None = None,
     ) -> None:
         """Queue one batch whose forward pass has run already (logits and features on the CPU;
-        ``stability``: the signals of ``stability_signals`` when the caller computed them)."""
+        ``stability``: the signals of ``stability_signals`` when the caller computed them;
+        ``signals``: every signal, when the caller has them already, e.g. ``softmax_arrays``'s)."""
         self._open(dataset_type, any(v is not None for v in labels), logits.shape[1], feats.shape[1])
         if any(v is not None and not 0 <= v < logits.shape[1] for v in labels):
             raise UsageError(f"labels must be class indices 0..{logits.shape[1] - 1}")
         assert self._writer is not None
-        signals = {**softmax_signals(logits), **(stability or {})}
+        if signals is None:
+            signals = {**softmax_signals(logits), **(stability or {})}
         self._writer.add(RawBatch(ids=ids, paths=ids, labels=labels, signals=signals, features=feats))
         self._rows += len(ids)
 

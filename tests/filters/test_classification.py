@@ -205,7 +205,11 @@ def test_record_stores_the_scored_inputs_as_a_queryable_run(live, demo: DemoFile
         run = store.require_run("live")
         stored = store.read_scores(f.result.name, "live")
         batch = store.read_scores(f.result.name, "pool").select("sample_id", pl.col("error_proba").alias("b"))
+        outputs = store.read_outputs("live").select("sample_id", pl.col("confidence").alias("stored_confidence"))
     assert run.status == "complete" and not run.labelled and stored.height == 300
+    # the recorded outputs are the signals this call scored (computed once, in NumPy)
+    same = outputs.join(rt, left_on="sample_id", right_on="input_ids")
+    assert same.height == 300 and (same["stored_confidence"] - same["confidence"]).abs().max() < 1e-6  # type: ignore[operator]
     both = stored.join(rt, left_on="sample_id", right_on="input_ids").join(batch, on="sample_id")
     assert both.height == 300 and (both["zone"] == both["zone_right"]).all()
     assert (both["error_proba"] - both["b"]).abs().max() < 1e-5  # type: ignore[operator]
