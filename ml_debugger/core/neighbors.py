@@ -49,8 +49,8 @@ _FILLER = -4.0
 CLASS_K = 5
 # Bank samples whose approximate leave-one-out distances form the OOD reference of an IVF bank.
 IVF_REFERENCE = 20_000
-# Query sets up to this size go through the NumPy search (``_search_small``), when the padded
-# bank fits in _PADDED_MAX_FLOATS (1 GiB).
+# Live batches (``knn_signals(live=True)``) up to this size go through the NumPy search
+# (``_search_small``), when the padded bank fits in _PADDED_MAX_FLOATS (1 GiB).
 SMALL_QUERIES = 256
 _PADDED_MAX_FLOATS = 2**28
 # Rows voted at once: bounds the [rows, k, k] comparison.
