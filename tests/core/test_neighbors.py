@@ -96,6 +96,24 @@ def test_small_batch_search_matches_the_chunked_search(m: int, k: int) -> None:
         assert np.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
 
 
+def test_live_search_falls_back_to_the_chunked_search(monkeypatch) -> None:
+    # A padded copy past the size cap, or a live batch past SMALL_QUERIES, takes the torch search.
+    x, y = _data(n=300, c=4, seed=6)
+    pred = y[:20]
+    reference = N.knn_signals(x[:20] + 0.1, pred, N.build_bank(x, y, 4, k=5)[0])
+    monkeypatch.setattr(N, "_PADDED_MAX_FLOATS", 10)
+    capped, _ = N.build_bank(x, y, 4, k=5)
+    assert capped.padded is None
+    live = N.knn_signals(x[:20] + 0.1, pred, capped, live=True)
+    for key in reference:
+        assert np.array_equal(live[key], reference[key]), key
+    monkeypatch.setattr(N, "SMALL_QUERIES", 5)
+    called = []
+    monkeypatch.setattr(N, "_search_small", lambda *a: called.append(a))
+    N.knn_signals(x[:20] + 0.1, pred, N.build_bank(x, y, 4, k=5)[0], live=True)
+    assert not called
+
+
 def test_vote_breaks_ties_towards_the_nearer_neighbour() -> None:
     labels = np.array([[2, 0, 0, 2], [1, 3, 3, 1], [4, 4, 4, 4], [0, 1, 2, 1]])
     assert N._vote(labels).tolist() == [2, 1, 4, 1]
