@@ -82,6 +82,38 @@ def test_special_cases_match_shapely(a: list[float], b: list[float], mode: str) 
     assert got == pytest.approx(_reference(ta[0], tb[0], mode), abs=1e-6)
 
 
+# Scene coordinates: tens of metres from the sensor, where float32 keeps the fewest decimals.
+_FAR = torch.tensor([41.3, -27.9, 0, 0, 0, 0, 0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("mode", ["bev", "3d"])
+def test_the_float32_path_is_within_1e_4_of_shapely(mode: str) -> None:
+    """NMS takes the float32 path (``dtype=torch.float32``) on a detector's boxes."""
+    a, b = _random_boxes(600, 0) + _FAR, _random_boxes(600, 1) + _FAR
+    got = paired_iou(a, b, mode=mode, dtype=torch.float32)
+    assert got.dtype == torch.float32
+    want = torch.tensor([_reference(x, y, mode) for x, y in zip(a, b, strict=True)], dtype=torch.float64)
+    assert (got.double() - want).abs().max() < 1e-4
+    assert (got.double() - want).abs().max() > 0  # it is float32: not the float64 path by mistake
+
+
+def _turned(box: list[float], angle: float) -> torch.Tensor:
+    """``box`` with the whole scene turned by ``angle`` about the origin, then moved to ``_FAR``:
+    shared edges stay shared, but no coordinate is a round number any more."""
+    c, s = math.cos(angle), math.sin(angle)
+    x, y = box[0] * c - box[1] * s, box[0] * s + box[1] * c
+    return torch.tensor([[x, y, box[2], box[3], box[4], box[5], box[6] + angle]], dtype=torch.float64) + _FAR
+
+
+@pytest.mark.parametrize(("a", "b"), CASES)
+@pytest.mark.parametrize("mode", ["bev", "3d"])
+@pytest.mark.parametrize("angle", [0.0, 0.3, 2.0])
+def test_special_cases_on_the_float32_path(a: list[float], b: list[float], mode: str, angle: float) -> None:
+    ta, tb = _turned(a, angle), _turned(b, angle)
+    got = float(paired_iou(ta, tb, mode=mode, dtype=torch.float32)[0])
+    assert got == pytest.approx(_reference(ta[0], tb[0], mode), abs=1e-4)
+
+
 def test_matrix_equals_pairs() -> None:
     a, b = _random_boxes(13, 2), _random_boxes(7, 3)
     m = iou_matrix(a, b, mode="bev")
