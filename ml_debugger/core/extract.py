@@ -297,7 +297,7 @@ def extract(req: ExtractRequest, *, db: str | os.PathLike[str] | None = None,
         if todo:
             n_new = _run_batches(req, model, pre, dataset, todo, writer, progress, total)
         writer.close()
-        with Store(db_path, settings=writer.after_settings()) as store:
+        with Store(db_path) as store:
             store.update_run(req.name, status="complete", finished=datetime.now(), n_expected=total)
             n_samples = store.count("samples", req.name)
             n_skipped = store.count("skipped", req.name)

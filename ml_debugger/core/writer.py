@@ -26,9 +26,11 @@ from ml_debugger.core.store import Store
 # Batches waiting for the writer thread; bounds memory when the disk is slower than the model.
 _MAX_QUEUED = 8
 _STOP = object()
-# Once a commit has had this many rows, the run's commits skip DuckDB's row-group vacuum
+# Until a commit has had this many rows, the run's commits let DuckDB merge row groups
 # (see ``BatchWriter.settings``).
 VACUUM_BELOW_ROWS = 4096
+# DuckDB's own default for max_vacuum_tasks: merging on (stores start with it off).
+_VACUUM_TASKS = 100
 
 
 def commit_rows(frames: dict[str, Any]) -> int:
@@ -160,23 +162,16 @@ class BatchWriter:
     def settings(self, frames: dict[str, Any]) -> dict[str, int | str]:
         """DuckDB settings for the commit of ``frames``.
 
-        One thread: the model's forward pass has the cores. And once the run's commits are large,
-        each keeps its own row group: DuckDB's checkpoint otherwise merges the row groups that
-        earlier commits appended again and again (1, 2, 1, 4, 1, 2, 1, 8 commits' worth of rows
-        re-written), which doubled the cost of a commit, and a small last commit would merge the
-        whole run's (0.31 s instead of 0.03 s, and 58 MiB more peak memory, after 10 commits of
-        5,120 rows). A run of small commits (a slow model) still merges, so it never piles up
-        thousands of tiny row groups.
+        One thread: the model's forward pass has the cores. Large commits keep their own row
+        groups (the stores' baseline, ``store._base.BASELINE_SETTINGS``): merging re-wrote the row
+        groups that earlier commits appended again and again (1, 2, 1, 4, 1, 2, 1, 8 commits'
+        worth of rows), which doubled the cost of a commit, and the store that marks the run
+        complete re-wrote the whole run (0.11 s of a 6 s extraction of 20,000 images). Until a
+        commit is large, the run's commits merge (a slow model's commits are small), so a run
+        never piles up thousands of tiny row groups.
         """
         self._large = self._large or commit_rows(frames) >= VACUUM_BELOW_ROWS
-        return {"threads": 1, **self.after_settings()}
-
-    def after_settings(self) -> dict[str, int | str]:
-        """DuckDB settings for a store that writes to the run after its last commit (to mark it
-        complete): that store's checkpoint must not merge the row groups the commits kept apart,
-        or the whole run is re-written while the user waits (0.11 s of a 6 s extraction of 20,000
-        images). The next writer without this setting (``mldbg evaluate``, say) merges them."""
-        return {"max_vacuum_tasks": 0} if self._large else {}
+        return {"threads": 1} if self._large else {"threads": 1, "max_vacuum_tasks": _VACUUM_TASKS}
 
     def _commit(self, pending: list[RawBatch]) -> None:
         rows = batch_frames(merge_raw(pending))

@@ -155,7 +155,7 @@ class ClassificationTracer:
         if self._writer is None or self.run is None:
             return None
         self._writer.close()
-        with Store(self.db, settings=self._writer.after_settings()) as store:
+        with Store(self.db) as store:
             store.update_run(self.run, status="complete", n_expected=self._rows, finished=datetime.now())
         self._writer = None
         return self.run

@@ -176,16 +176,17 @@ def test_stores_of_one_file_share_it_and_the_last_close_unlocks_it(tmp_path: Pat
     assert not (tmp_path / "a.duckdb.wal").exists()  # closing checkpointed the file
 
 
-def test_settings_hold_while_open_and_are_reset_at_close(tmp_path: Path) -> None:
+def test_settings_hold_while_open_and_return_to_the_baseline_at_close(tmp_path: Path) -> None:
     db = tmp_path / "a.duckdb"
     with Store(db) as store:
         default = store._one("SELECT current_setting('threads')")
-    with Store(db, settings={"threads": 1, "max_vacuum_tasks": 0}) as store:
+        assert store._one("SELECT current_setting('max_vacuum_tasks')") == 0  # the stores' baseline
+    with Store(db, settings={"threads": 1, "max_vacuum_tasks": 7}) as store:
         assert store._one("SELECT current_setting('threads')") == 1
-        assert store._one("SELECT current_setting('max_vacuum_tasks')") == 0
+        assert store._one("SELECT current_setting('max_vacuum_tasks')") == 7
     with Store(db, read_only=True) as store:
-        assert store._one("SELECT current_setting('threads')") == default
-        assert store._one("SELECT current_setting('max_vacuum_tasks')") != 0
+        assert store._one("SELECT current_setting('threads')") == default  # DuckDB's default
+        assert store._one("SELECT current_setting('max_vacuum_tasks')") == 0  # the baseline
 
 
 def test_a_file_open_read_only_cannot_be_written_by_another_store(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from ml_debugger.core.signals import softmax_signals
@@ -50,20 +51,21 @@ def test_large_commits_keep_their_row_groups_and_a_small_last_one_merges_nothing
     assert len(ids) == len(set(ids)) == sum(sizes) and feats.shape == (sum(sizes), 8)
 
 
-def test_marking_the_run_complete_after_large_commits_merges_nothing(tmp_path: Path) -> None:
-    """The store that marks a run complete checkpoints too; with ``after_settings`` it must leave
-    the commits' row groups alone (a plain store's checkpoint re-writes them all: the control)."""
+@pytest.mark.parametrize("merging", [False, True])
+def test_later_stores_leave_the_row_groups_of_large_commits_alone(tmp_path: Path, merging: bool) -> None:
+    """Every store checkpoints at close (the one that marks the run complete, `mldbg evaluate`'s);
+    by default none merges the row groups the run's commits kept apart. The control turns
+    DuckDB's merging back on, and the whole run is re-written into one row group."""
     from datetime import datetime
 
-    for settings_of in (lambda w: w.after_settings(), lambda w: {}):
-        db = tmp_path / f"{len(list(tmp_path.iterdir()))}.duckdb"
-        writer = _writer(db)
-        for i in range(3):
-            writer._commit([_raw(i * VACUUM_BELOW_ROWS, VACUUM_BELOW_ROWS)])
-        writer.close()
-        with Store(db, settings=settings_of(writer)) as store:
-            store.update_run("r", status="complete", finished=datetime.now(), n_expected=3 * VACUUM_BELOW_ROWS)
-        assert (_row_groups(db) == 3) is bool(settings_of(writer))
+    db = tmp_path / "a.duckdb"
+    writer = _writer(db)
+    for i in range(3):
+        writer._commit([_raw(i * VACUUM_BELOW_ROWS, VACUUM_BELOW_ROWS)])
+    writer.close()
+    with Store(db, settings={"max_vacuum_tasks": 100} if merging else None) as store:
+        store.update_run("r", status="complete", finished=datetime.now(), n_expected=3 * VACUUM_BELOW_ROWS)
+    assert _row_groups(db) == (1 if merging else 3)
 
 
 def test_a_run_of_small_commits_is_merged_into_few_row_groups(tmp_path: Path) -> None:

@@ -370,7 +370,7 @@ def drive(req: Any, db_path: Path, info: RunInfo, sample_ids: list[str], gt: pl.
         if todo:
             n_new = batches(todo, writer, total)
         writer.close()
-        with Store(db_path, settings=writer.after_settings()) as store:
+        with Store(db_path) as store:
             store.update_run(req.name, status="complete", finished=datetime.now(), n_expected=total)
             counts = {t: store.count(t, req.name) for t in ("samples", "skipped", "boxes", "gt_boxes")}
     except KeyboardInterrupt:

@@ -44,6 +44,17 @@ def _lock_timeout() -> float:
         raise StoreError(f"{LOCK_TIMEOUT_ENV}={raw!r} is not a number of seconds; e.g. {LOCK_TIMEOUT_ENV}=30") from None
 
 
+# Settings every store of this process starts from and returns to. DuckDB's checkpoint (at
+# every store's close) otherwise merges adjacent row groups into full ones ("vacuum"): an
+# extraction appends one row group per commit (thousands of rows), and merging a run's row
+# groups re-wrote all of it (0.60 s for 100,000 rows, and the file grew from 66 to 113 MiB),
+# while reading them unmerged was only slightly slower (134-137 against 126 ms). The writer
+# turns merging back on for its small commits (``writer.BatchWriter.settings``), so a slow
+# model's run does not pile up tiny row groups; whole row groups of deleted rows are dropped
+# without it.
+BASELINE_SETTINGS: dict[str, int] = {"max_vacuum_tasks": 0}
+
+
 class _Attachments:
     """Database files ATTACHed to one in-memory DuckDB instance per process.
 
@@ -66,6 +77,8 @@ class _Attachments:
         with self._lock:
             if self._db is None:
                 self._db = duckdb.connect(":memory:")
+                for name, value in BASELINE_SETTINGS.items():
+                    self._db.execute(f"SET {name} = {value}")
             entry = self._files.get(key)
             if entry is None:
                 alias = f"mldbg_{self._count}"
@@ -85,7 +98,8 @@ class _Attachments:
             return con, key
 
     def release(self, key: str, con: duckdb.DuckDBPyConnection, reset: tuple[str, ...] = ()) -> None:
-        """Close ``con``; detach its file when it was the last user, then RESET ``reset`` settings."""
+        """Close ``con``; detach its file when it was the last user, then return the ``reset``
+        settings to the baseline (``BASELINE_SETTINGS``, else DuckDB's default)."""
         con.close()
         with self._lock:
             assert self._db is not None
@@ -97,7 +111,10 @@ class _Attachments:
                     self._db.execute(f"DETACH {entry[0]}")
             finally:
                 for setting in reset:
-                    self._db.execute(f"RESET {setting}")
+                    if setting in BASELINE_SETTINGS:
+                        self._db.execute(f"SET {setting} = {BASELINE_SETTINGS[setting]}")
+                    else:
+                        self._db.execute(f"RESET {setting}")
 
 
 _ATTACHED = _Attachments()
