@@ -12,6 +12,7 @@ import typer
 
 from ml_debugger import __version__
 from ml_debugger.cli import demo, evaluate, export, extract, query, report, results, runs, show
+from ml_debugger.cli._allocator import tune_allocator
 from ml_debugger.cli._console import configure_logging, user_errors
 from ml_debugger.cli._options import opt
 from ml_debugger.cli._settings import load_settings
@@ -68,5 +69,6 @@ app.command("demo")(demo.demo_command)
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (and ``python -m ml_debugger``)."""
+    tune_allocator()
     app()

@@ -1,0 +1,114 @@
+"""What do the command line's fixed malloc thresholds (``ml_debugger/cli/_allocator.py``) buy?
+
+Each case runs the ``mldbg`` command in fresh processes, as users run it, with the thresholds
+(the default) and without them (``MLDBG_TUNE_MALLOC=0``: glibc's own, dynamic ones),
+alternating which goes first, and prints the median wall time of each, the median of the
+per-round ratios, and each side's peak RSS (the process and its DataLoader workers).
+
+    python benchmarks/cli_allocator.py            # ~6 minutes on 2 cores
+    python benchmarks/cli_allocator.py --rounds 3 --cases small
+
+Cases: `extract` of 20,000 (and 50,000) Fashion-MNIST PNGs by the small CNN of
+extract_overhead.py (28 px, batch 256), the same with ``--stability 4`` on 5,000, the
+MobileNetV2-sized model (224 px, batch 32) on 128 images, and `evaluate` of the
+error-detection benchmark's 10,000-sample Fashion-MNIST eval run (a copy of its database).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from _common import CACHE, MobileNetV2Like, SmallCNN, export, png_folder
+
+MLDBG = str(Path(sys.executable).with_name("mldbg"))
+SMALL = ["--image-size", "28", "--channels", "1", "--mean", "0.286", "--std", "0.353", "--batch-size", "256"]
+
+
+def _run(args: list[str], tuned: bool) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB of the process and its children) of one ``mldbg`` command."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env["MLDBG_TUNE_MALLOC"] = "1" if tuned else "0"
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([MLDBG, "-q", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.returncode:
+        raise SystemExit(f"mldbg {' '.join(args)} failed ({proc.returncode}): {err}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def case(label: str, make_args, rounds: int) -> None:  # type: ignore[no-untyped-def]
+    _run(make_args(), True)  # warm-up: file cache
+    times: dict[bool, list[float]] = {True: [], False: []}
+    rss: dict[bool, list[float]] = {True: [], False: []}
+    for i in range(rounds):
+        for tuned in (True, False) if i % 2 == 0 else (False, True):
+            wall, peak = _run(make_args(), tuned)
+            times[tuned].append(wall)
+            rss[tuned].append(peak)
+    ratio = statistics.median(t / d for t, d in zip(times[True], times[False], strict=True))
+    print(
+        f"{label:<44} glibc default {statistics.median(times[False]):7.2f} s  fixed thresholds "
+        f"{statistics.median(times[True]):7.2f} s  ratio {ratio:.3f} (rounds "
+        f"{', '.join(f'{t / d:.3f}' for t, d in zip(times[True], times[False], strict=True))}); peak RSS "
+        f"{max(rss[False]):.0f} vs {max(rss[True]):.0f} MiB",
+        flush=True,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--cases", default="small,large,stability,mobilenet,evaluate")
+    args = ap.parse_args()
+    which = args.cases.split(",")
+    CACHE.mkdir(exist_ok=True)
+    torch.manual_seed(0)
+    small = export(SmallCNN(), torch.zeros(2, 1, 28, 28), CACHE / "small_cnn.pt2")
+    db = CACHE / "cli_allocator.duckdb"
+
+    def extract(folder: Path, model: Path, extra: list[str]):  # type: ignore[no-untyped-def]
+        def make() -> list[str]:
+            db.unlink(missing_ok=True)
+            return ["extract", str(folder), "--model", str(model), "--name", "b", "--db", str(db), *extra]
+
+        return make
+
+    if "small" in which:
+        case("extract, small CNN, 20,000 images", extract(png_folder(20_000), small, SMALL), args.rounds)
+    if "large" in which:
+        case("extract, small CNN, 50,000 images", extract(png_folder(50_000), small, SMALL), max(2, args.rounds // 2))
+    if "stability" in which:
+        folder = png_folder(5_000)
+        make = extract(folder, small, [*SMALL, "--stability", "4"])
+        case("extract --stability 4, small CNN, 5,000", make, args.rounds)
+    if "mobilenet" in which:
+        mobile = export(MobileNetV2Like(), torch.zeros(2, 3, 224, 224), CACHE / "mobilenet_like.pt2")
+        folder = png_folder(128)
+        extra = ["--image-size", "224", "--channels", "3", "--batch-size", "32"]
+        case("extract, MobileNetV2-like 224 px, 128 images", extract(folder, mobile, extra), args.rounds)
+    source = CACHE / "error_detection_fashion.duckdb"
+    if "evaluate" in which and source.exists():
+
+        def evaluate() -> list[str]:
+            shutil.copyfile(source, db)
+            return ["evaluate", "val", "--db", str(db)]
+
+        case("evaluate, 10,000 labelled Fashion-MNIST", evaluate, args.rounds)
+    elif "evaluate" in which:
+        print(f"evaluate: skipped, run benchmarks/error_detection.py first (no {source})")
+
+
+if __name__ == "__main__":
+    main()
