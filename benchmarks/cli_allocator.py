@@ -10,7 +10,8 @@ per-round ratios, and each side's peak RSS (the process and its DataLoader worke
 
 Cases: `extract` of 20,000 (and 50,000) Fashion-MNIST PNGs by the small CNN of
 extract_overhead.py (28 px, batch 256), the same with ``--stability 4`` on 5,000, the
-MobileNetV2-sized model (224 px, batch 32) on 128 images, and `evaluate` of the
+MobileNetV2-sized model (224 px, batch 32) on 128 images, `extract --task detection3d` of the 3D
+benchmark's 500 procedural LiDAR frames by the demo's BEV detector, and `evaluate` of the
 error-detection benchmark's 10,000-sample Fashion-MNIST eval run (a copy of its database).
 """
 
@@ -70,7 +71,7 @@ def case(label: str, make_args, rounds: int) -> None:  # type: ignore[no-untyped
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--cases", default="small,large,stability,mobilenet,evaluate")
+    ap.add_argument("--cases", default="small,large,stability,mobilenet,detection3d,evaluate")
     args = ap.parse_args()
     which = args.cases.split(",")
     CACHE.mkdir(exist_ok=True)
@@ -78,7 +79,7 @@ def main() -> None:
     small = export(SmallCNN(), torch.zeros(2, 1, 28, 28), CACHE / "small_cnn.pt2")
     db = CACHE / "cli_allocator.duckdb"
 
-    def extract(folder: Path, model: Path, extra: list[str]):  # type: ignore[no-untyped-def]
+    def extract(folder: Path, model: Path | str, extra: list[str]):  # type: ignore[no-untyped-def]
         def make() -> list[str]:
             db.unlink(missing_ok=True)
             return ["extract", str(folder), "--model", str(model), "--name", "b", "--db", str(db), *extra]
@@ -98,6 +99,16 @@ def main() -> None:
         folder = png_folder(128)
         extra = ["--image-size", "224", "--channels", "3", "--batch-size", "32"]
         case("extract, MobileNetV2-like 224 px, 128 images", extract(folder, mobile, extra), args.rounds)
+    frames = CACHE / "detection3d" / "data" / "lidar_test"
+    if "detection3d" in which and frames.exists():
+        from ml_debugger.core.detection.demo3d import IOU_THRESH, MODEL, SCORE_THRESH
+
+        weights = str(CACHE / "detection3d" / "bev.pt")
+        extra = ["--task", "detection3d", "--weights", weights, "--score-thresh", str(SCORE_THRESH),
+                 "--iou-thresh", str(IOU_THRESH)]  # fmt: skip
+        case("extract --task detection3d, 500 LiDAR frames", extract(frames, MODEL, extra), args.rounds)
+    elif "detection3d" in which:
+        print(f"detection3d: skipped, run benchmarks/detection3d.py first (no {frames})")
     source = CACHE / "error_detection_fashion.duckdb"
     if "evaluate" in which and source.exists():
 
