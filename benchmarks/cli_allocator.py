@@ -5,14 +5,16 @@ Each case runs the ``mldbg`` command in fresh processes, as users run it, with t
 alternating which goes first, and prints the median wall time of each, the median of the
 per-round ratios, and each side's peak RSS (the process and its DataLoader workers).
 
-    python benchmarks/cli_allocator.py            # ~6 minutes on 2 cores
+    python benchmarks/cli_allocator.py            # ~15 minutes on 2 cores
     python benchmarks/cli_allocator.py --rounds 3 --cases small
 
 Cases: `extract` of 20,000 (and 50,000) Fashion-MNIST PNGs by the small CNN of
 extract_overhead.py (28 px, batch 256), the same with ``--stability 4`` on 5,000, the
 MobileNetV2-sized model (224 px, batch 32) on 128 images, `extract --task detection3d` of the 3D
-benchmark's 500 procedural LiDAR frames by the demo's BEV detector, and `evaluate` of the
-error-detection benchmark's 10,000-sample Fashion-MNIST eval run (a copy of its database).
+benchmark's 500 procedural LiDAR frames by the demo's BEV detector, `evaluate` of the
+error-detection benchmark's 10,000-sample Fashion-MNIST eval run (a copy of its database), and
+at scale (``scale.py``'s synthetic runs, 512-wide features): `evaluate` on 50,000 labelled
+samples and `score --force` of 300,000 against them.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def case(label: str, make_args, rounds: int) -> None:  # type: ignore[no-untyped
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--cases", default="small,large,stability,mobilenet,detection3d,evaluate")
+    ap.add_argument("--cases", default="small,large,stability,mobilenet,detection3d,evaluate,scale")
     args = ap.parse_args()
     which = args.cases.split(",")
     CACHE.mkdir(exist_ok=True)
@@ -109,6 +111,20 @@ def main() -> None:
         case("extract --task detection3d, 500 LiDAR frames", extract(frames, MODEL, extra), args.rounds)
     elif "detection3d" in which:
         print(f"detection3d: skipped, run benchmarks/detection3d.py first (no {frames})")
+    if "scale" in which:
+        from scale import build
+
+        scale_db = CACHE / "scale_50000_300000.duckdb"
+        build(scale_db, 50_000, 300_000)  # cached after the first time (~20 s, 0.7 GB)
+
+        def evaluate_scale() -> list[str]:
+            return ["evaluate", "eval", "--db", str(scale_db)]
+
+        def score_scale() -> list[str]:
+            return ["score", "pool", "--force", "--db", str(scale_db)]
+
+        case("evaluate, 50,000 synthetic (scale.py)", evaluate_scale, max(2, args.rounds // 2))
+        case("score --force, 300,000 against 50,000", score_scale, max(2, args.rounds // 2))
     source = CACHE / "error_detection_fashion.duckdb"
     if "evaluate" in which and source.exists():
 
