@@ -1,16 +1,17 @@
 """Fixed glibc ``malloc`` thresholds for the ``mldbg`` process (the command line only).
 
 glibc's default thresholds move with what a process did before: a block above the mmap
-threshold gets fresh pages from the kernel on every allocation, and the threshold itself rises
-and falls as such blocks are freed. A model's activations (several MB per batch) then fault in
-new pages batch after batch, or not, depending on history. Fixed thresholds keep freed blocks
-of up to 32 MiB in the heap for the next batch: a CLI extraction of 50,000 Fashion-MNIST images
-took 18.5 s instead of 22.8 s, at the same peak memory (see BENCHMARKS.md).
+threshold (128 KiB at start) gets fresh pages from the kernel on every allocation; freeing such
+a block raises the threshold to its size, and the top of the heap goes back to the kernel
+whenever more than twice that is free. A model's activations (several MB per batch) are then
+faulted in afresh batch after batch, or not, depending on history. Fixed thresholds keep freed
+blocks of up to 32 MiB in the heap for the next batch: a CLI extraction of 50,000
+Fashion-MNIST images took 18.5 s instead of 22.8 s, at the same peak memory (BENCHMARKS.md).
 
 Only the command line does this: ``main()`` owns its process, a library call does not. Python
-users get the same effect with ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456``
-in their environment. Any ``MALLOC_*`` variable or ``GLIBC_TUNABLES`` set by the user, or
-``MLDBG_TUNE_MALLOC=0``, leaves glibc's own settings alone.
+users can set the same thresholds with ``MALLOC_MMAP_THRESHOLD_=33554432
+MALLOC_TRIM_THRESHOLD_=268435456`` in their environment. Any ``MALLOC_*`` variable or
+``GLIBC_TUNABLES`` set by the user, or ``MLDBG_TUNE_MALLOC=0``, leaves glibc's own settings alone.
 """
 
 from __future__ import annotations
