@@ -25,6 +25,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,14 +41,15 @@ def _run(args: list[str], tuned: bool) -> tuple[float, float]:
     """(wall seconds, peak RSS MiB of the process and its children) of one ``mldbg`` command."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     env["MLDBG_TUNE_MALLOC"] = "1" if tuned else "0"
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([MLDBG, "-q", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if proc.returncode:
-        raise SystemExit(f"mldbg {' '.join(args)} failed ({proc.returncode}): {err}")
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: nothing to drain while waiting
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([MLDBG, "-q", *args], env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            err.seek(0)
+            raise SystemExit(f"mldbg {' '.join(args)} failed ({proc.returncode}): {err.read().decode()}")
     return wall, usage.ru_maxrss / 1024
 
 
