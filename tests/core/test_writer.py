@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from ml_debugger.core.signals import softmax_signals
 from ml_debugger.core.store import RunInfo, Store
-from ml_debugger.core.writer import VACUUM_BELOW_ROWS, BatchWriter, RawBatch
+from ml_debugger.core.writer import _VACUUM_TASKS, VACUUM_BELOW_ROWS, BatchWriter, RawBatch
 
 
 def _raw(start: int, n: int) -> RawBatch:
@@ -56,14 +57,12 @@ def test_later_stores_leave_the_row_groups_of_large_commits_alone(tmp_path: Path
     """Every store checkpoints at close (the one that marks the run complete, `mldbg evaluate`'s);
     by default none merges the row groups the run's commits kept apart. The control turns
     DuckDB's merging back on, and the whole run is re-written into one row group."""
-    from datetime import datetime
-
     db = tmp_path / "a.duckdb"
     writer = _writer(db)
     for i in range(3):
         writer._commit([_raw(i * VACUUM_BELOW_ROWS, VACUUM_BELOW_ROWS)])
     writer.close()
-    with Store(db, settings={"max_vacuum_tasks": 100} if merging else None) as store:
+    with Store(db, settings={"max_vacuum_tasks": _VACUUM_TASKS} if merging else None) as store:
         store.update_run("r", status="complete", finished=datetime.now(), n_expected=3 * VACUUM_BELOW_ROWS)
     assert _row_groups(db) == (1 if merging else 3)
 
