@@ -31,20 +31,29 @@ def num(v: float | None, pattern: str = "{:.4f}") -> str:
 
 
 def headline(metrics: dict[str, Any]) -> str:
-    """One sentence: does error_proba beat the best baseline?"""
+    """One sentence: does error_proba beat the best baseline?
+
+    With a bootstrap interval, the verdict follows it: "beats" when the whole interval is above
+    zero, "falls short of" when it is below, "is level with" when it holds zero (the point
+    difference alone would call a noise-sized gap a win or a loss).
+    """
     ours = metrics["detectors"]["error_proba"]["auroc"]
     best = metrics.get("best_baseline")
     if ours is None or not best:
         return "AUROC undefined (the labelled run needs both errors and correct predictions)"
     diff = ours - best["auroc"]
-    verdict = "beats" if diff > 0 else "does not beat"
+    ci = best.get("versus")
+    lo, hi = (ci.get("lo"), ci.get("hi")) if ci else (None, None)
+    if lo is None or hi is None:
+        verdict = "beats" if diff > 0 else "does not beat"
+    else:
+        verdict = "beats" if lo > 0 else ("falls short of" if hi < 0 else "is level with")
     line = (
         f"error_proba AUROC {ours:.4f} {verdict} the best baseline, "
-        f"{DETECTOR_LABELS.get(best['name'], best['name'])} ({best['auroc']:.4f}), by {diff:+.4f}"
+        f"{DETECTOR_LABELS.get(best['name'], best['name'])} ({best['auroc']:.4f}): difference {diff:+.4f}"
     )
-    ci = best.get("versus")
-    if ci and ci.get("lo") is not None:
-        line += f" (95% bootstrap interval {ci['lo']:+.4f} to {ci['hi']:+.4f})"
+    if lo is not None and hi is not None:
+        line += f" (95% bootstrap interval {lo:+.4f} to {hi:+.4f})"
     return line
 
 
