@@ -10,9 +10,10 @@ from ml_debugger.core.wording import headline
 
 
 def _metrics(y: np.ndarray, ours: np.ndarray, baseline: np.ndarray) -> dict:
+    versus = auroc_difference(y, ours, baseline)
     return {
         "detectors": {"error_proba": {"auroc": auroc(y, ours)}},
-        "best_baseline": {"name": "trust_score", "auroc": auroc(y, baseline), "versus": auroc_difference(y, ours, baseline)},
+        "best_baseline": {"name": "trust_score", "auroc": auroc(y, baseline), "versus": versus},
     }
 
 
