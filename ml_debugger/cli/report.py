@@ -30,9 +30,10 @@ def report_command(
     """Write one HTML file that reviews a result: metrics, zones, heatmaps, the worst samples.
 
     Beside the metrics, the baselines; then the zones, heatmaps, reliability, the confusion
-    matrix and a gallery of the worst samples. The file is self-contained (plotly.js and thumbnails inlined, about 5 MB) and opens offline.
-    With --run, it reviews a scored run under the result instead, with its zone shares and OOD
-    share against the labelled run (a distribution-shift signal).
+    matrix and a gallery of the worst samples. The file is self-contained (plotly.js and
+    thumbnails inlined, about 5 MB) and opens offline. With --run, it reviews a scored run
+    under the result instead, with its zone shares and OOD share against the labelled run (a
+    distribution-shift signal).
 
     Example: mldbg report --run pool --out pool.html
     """
