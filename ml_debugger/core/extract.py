@@ -309,6 +309,9 @@ def extract(req: ExtractRequest, *, db: str | os.PathLike[str] | None = None,
             f"interrupted: {saved:,} of {total:,} samples of run {req.name!r} are saved in {db_path}; "
             "run the same command again to resume"
         ) from None
+    except BaseException:
+        writer.close_after_error()
+        raise
     return ExtractSummary(
         run=req.name,
         db=str(db_path),

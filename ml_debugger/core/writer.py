@@ -14,6 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from ml_debugger.core.store import Store
+from ml_debugger.core.store import Store, hold_single_thread
 
 # Batches waiting for the writer thread; bounds memory when the disk is slower than the model.
 _MAX_QUEUED = 8
@@ -128,7 +129,11 @@ def batch_frames(raw: RawBatch) -> dict[str, Any]:
 
 
 class BatchWriter:
-    """Commits batches from a background thread; ``close()`` commits the rest and re-raises errors."""
+    """Commits batches from a background thread; ``close()`` commits the rest and re-raises errors.
+
+    From construction to ``close()`` the process's DuckDB runs on one thread
+    (``store.hold_single_thread``): the model's forward passes have the cores.
+    """
 
     def __init__(self, db: Path, run: str, flush_seconds: float) -> None:
         self.db, self.run, self.flush_seconds = db, run, flush_seconds
@@ -136,6 +141,8 @@ class BatchWriter:
         self._error: BaseException | None = None
         self.committed = 0  # samples + skipped files committed so far
         self._large = False  # a commit of this run had VACUUM_BELOW_ROWS rows or more
+        hold_single_thread(True)
+        self._holding = True
         self._thread = threading.Thread(target=self._loop, name="mldbg-writer", daemon=True)
         self._thread.start()
 
@@ -152,8 +159,17 @@ class BatchWriter:
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join()
+        if self._holding:
+            self._holding = False
+            hold_single_thread(False)
         if self._error is not None:
             raise self._error
+
+    def close_after_error(self) -> None:
+        """``close()`` on the way out of another error: commit the finished batches (a resumed
+        run starts after them), and leave that error, not one of the writer's, to propagate."""
+        with suppress(Exception):
+            self.close()
 
     def _own(self, item: Any) -> Any:
         """Take a queued item into this thread's memory (see ``own_raw``)."""
@@ -162,16 +178,17 @@ class BatchWriter:
     def settings(self, frames: dict[str, Any]) -> dict[str, int | str]:
         """DuckDB settings for the commit of ``frames``.
 
-        One thread: the model's forward pass has the cores. Large commits keep their own row
-        groups (the stores' baseline, ``store._base.BASELINE_SETTINGS``): merging re-wrote the row
-        groups that earlier commits appended again and again (1, 2, 1, 4, 1, 2, 1, 8 commits'
-        worth of rows), which doubled the cost of a commit, and the store that marks the run
-        complete re-wrote the whole run (0.11 s of a 6 s extraction of 20,000 images). Until a
-        commit is large, the run's commits merge (a slow model's commits are small), so a run
-        never piles up thousands of tiny row groups.
+        DuckDB's thread count is not among them: the writer holds it at one for its whole life
+        (see the class). Large commits keep their own row groups (the stores' baseline,
+        ``store._base.BASELINE_SETTINGS``): merging re-wrote the row groups that earlier commits
+        appended again and again (1, 2, 1, 4, 1, 2, 1, 8 commits' worth of rows), which doubled
+        the cost of a commit, and the store that marks the run complete re-wrote the whole run
+        (0.11 s of a 6 s extraction of 20,000 images). Until a commit is large, the run's commits
+        merge (a slow model's commits are small), so a run never piles up thousands of tiny row
+        groups.
         """
         self._large = self._large or commit_rows(frames) >= VACUUM_BELOW_ROWS
-        return {"threads": 1} if self._large else {"threads": 1, "max_vacuum_tasks": _VACUUM_TASKS}
+        return {} if self._large else {"max_vacuum_tasks": _VACUUM_TASKS}
 
     def _commit(self, pending: list[RawBatch]) -> None:
         rows = batch_frames(merge_raw(pending))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -9,9 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from ml_debugger.core.demo import DemoFiles
+from ml_debugger.core.extract import ExtractRequest, extract
 from ml_debugger.core.signals import softmax_signals
 from ml_debugger.core.store import RunInfo, Store
 from ml_debugger.core.writer import _VACUUM_TASKS, VACUUM_BELOW_ROWS, BatchWriter, RawBatch
+from ml_debugger.errors import ModelError
+from tests.conftest import PRE_KW
 
 
 def _raw(start: int, n: int) -> RawBatch:
@@ -89,3 +96,67 @@ def test_the_writer_owns_what_it_buffers(tmp_path: Path) -> None:
     assert not np.shares_memory(owned.signals["probs"], probs.numpy())  # type: ignore[index]
     np.testing.assert_array_equal(owned.features, feats.numpy())
     np.testing.assert_array_equal(owned.signals["probs"], probs.numpy())  # type: ignore[index]
+
+
+def _duckdb_threads(db: Path) -> int:
+    with Store(db) as store:
+        return int(store._one("SELECT current_setting('threads')"))
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="DuckDB's default is one thread on one core")
+def test_duckdb_runs_on_one_thread_from_the_first_writer_to_the_last_close(tmp_path: Path) -> None:
+    db = tmp_path / "a.duckdb"
+    _writer(db).close()
+    default = _duckdb_threads(db)
+    assert default > 1
+    first = BatchWriter(db, "r", flush_seconds=3600)
+    assert _duckdb_threads(db) == 1
+    second = BatchWriter(db, "r", flush_seconds=3600)
+    first.close()
+    first.close()  # a second close gives nothing back twice
+    assert _duckdb_threads(db) == 1
+    second.close()
+    assert _duckdb_threads(db) == default
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists threads through Linux's /proc")
+def test_commits_start_no_threads(tmp_path: Path) -> None:
+    """Setting DuckDB's thread count for each commit and resetting it after made DuckDB start a
+    worker thread after every commit (and stop it at the next); the writer's hold does not."""
+    db = tmp_path / "a.duckdb"
+    writer = _writer(db)
+    seen = []
+    for i in range(3):
+        writer._commit([_raw(i * 100, 100)])
+        seen.append(set(os.listdir("/proc/self/task")))
+    writer.close()
+    assert seen[0] == seen[1] == seen[2]
+
+
+def test_a_model_failing_mid_run_keeps_the_finished_batches_and_stops_the_writer(
+    demo: DemoFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "flaky.py").write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.calls = 0\n"
+        "        self.fc = torch.nn.Linear(256, 10)\n"
+        "    def forward(self, x):\n"
+        "        self.calls += 1  # the probe, then two good batches, then a malformed output\n"
+        "        out = self.fc(x.flatten(1))\n"
+        "        return out if self.calls <= 3 else out[:, None]\n"
+        "def build():\n    return Net()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    db = tmp_path / "m.duckdb"
+    before = _duckdb_threads(db)
+    req = ExtractRequest(dataset=str(demo.val), name="val", model="flaky:build", batch_size=64, workers=0, **PRE_KW)
+    with pytest.raises(ModelError, match="returned"):
+        extract(req, db=db)
+    with Store(db, read_only=True) as store:
+        assert store.count("samples", "val") == 128
+    assert not any(t.name == "mldbg-writer" for t in threading.enumerate())
+    assert _duckdb_threads(db) == before
+    sys.modules.pop("flaky", None)

@@ -379,6 +379,9 @@ def drive(req: Any, db_path: Path, info: RunInfo, sample_ids: list[str], gt: pl.
             f"interrupted: {len(done) + writer.committed:,} of {total:,} {'frames' if info.task != TASK else 'images'}"
             f" of run {req.name!r} are saved in {db_path}; run the same command again to resume"
         ) from None
+    except BaseException:
+        writer.close_after_error()
+        raise
     return DetectionSummary(
         run=req.name, db=str(db_path), status="complete" if todo else "up-to-date", n_total=total,
         n_samples=counts["samples"], n_skipped=counts["skipped"], n_new=n_new, n_boxes=counts["boxes"],

@@ -8,7 +8,7 @@ The tables are listed in ``_schema.py``; runs and results each have their own mo
 
 from __future__ import annotations
 
-from ml_debugger.core.store._base import DB_ENV, DEFAULT_DB, resolve_db_path
+from ml_debugger.core.store._base import DB_ENV, DEFAULT_DB, hold_single_thread, resolve_db_path
 from ml_debugger.core.store._detection import DetectionMixin
 from ml_debugger.core.store._results import ResultInfo, ResultsMixin
 from ml_debugger.core.store._runs import RunInfo, RunsMixin
@@ -24,6 +24,7 @@ __all__ = [
     "ResultInfo",
     "RunInfo",
     "Store",
+    "hold_single_thread",
     "resolve_db_path",
 ]
 
@@ -40,8 +41,9 @@ class Store(RunsMixin, ResultsMixin, SelectionsMixin, DetectionMixin):
     lock_timeout
         Seconds to keep retrying while another process holds the file.
     settings
-        DuckDB settings while this store is open (e.g. ``{"threads": 1}`` while a model needs
-        the cores), reset when it closes. DuckDB's settings hold for the whole process.
+        DuckDB settings while this store is open (e.g. ``{"max_vacuum_tasks": 100}``), reset when
+        it closes. DuckDB's settings hold for the whole process. For the thread count while a
+        model runs, use ``hold_single_thread`` instead (see there).
 
     Examples
     --------
