@@ -15,8 +15,8 @@ Targets (issue 2): extract <= 1.10x the plain loop without stability; with --sta
 
 Both sides run with the malloc thresholds that the `mldbg` command fixes for its own process
 (`ml_debugger/cli/_allocator.py`), as `mldbg extract` runs. With glibc's dynamic thresholds
-(`--glibc-defaults`) each side's page faults depend on what the process did before: 25,000 to
-1,500,000 per 20,000 images, for either side, so the ratio measured the allocator's history
+(`--glibc-defaults`) each side's page faults depend on what the process did before: 23,000 to
+1,600,000 per 20,000 images, for either side, so the ratio measured the allocator's history
 more than either loop (see BENCHMARKS.md).
 """
 
